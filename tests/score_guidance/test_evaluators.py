@@ -153,7 +153,7 @@ def test_num_classes_inferred_from_last_linear():
         (torch.rand(2, 2, 8, 8), "1 or 3 channels"),
         (torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8), "floating-point"),
         (torch.rand(2, 3, 8, 8) * 255, "outside input_range"),
-        (torch.rand(2, 3, 8, 8) - 1.01, "outside input_range"),
+        (torch.full((2, 3, 8, 8), -1.01), "outside input_range"),
         (torch.full((2, 3, 8, 8), float("nan")), "non-finite"),
         (torch.full((2, 3, 8, 8), float("inf")), "non-finite"),
     ],
