@@ -1,0 +1,591 @@
+"""A complete ControlGAN/ScoreGAN training run: data, checkpoints, logs, samples, evaluation.
+
+:func:`train` drives :class:`~baselines.controlgan.ControlGANTrainer` for a run described by a
+:class:`RunConfig` and writes everything into one output folder::
+
+    OUT/config.json            the run's settings
+    OUT/checkpoints/           the last ``keep_checkpoints`` checkpoints, written atomically
+    OUT/metrics.csv            every logged scalar, one row per logged iteration
+    OUT/evaluation.csv         Inception score and FID at each evaluation
+    OUT/tensorboard/           TensorBoard event files
+    OUT/samples/               sample grids from a fixed noise batch, one column per class
+    OUT/curves.png             Inception score and FID against iterations, when evaluations ran
+
+A run stopped by SIGINT or SIGTERM saves a checkpoint first, and ``resume=True`` continues it
+with bitwise the same result on the CPU as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from tqdm.auto import tqdm
+
+from score_guidance import InvalidCheckpointError
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import BatchStream, load_image_dataset
+from .networks import ControlGANConfig, build_networks
+from .trainer import ControlGANTrainer, NonFiniteLossError, TrainConfig, build_guidance
+
+__all__ = ["RunConfig", "RunResult", "RunSetupError", "train", "find_checkpoints"]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_PATTERN = "checkpoint_*.pt"
+# Settings that may change when a run is resumed; every other setting must match the checkpoint.
+_RESUMABLE_SETTINGS = frozenset(
+    {
+        "out",
+        "data_dir",
+        "num_workers",
+        "device",
+        "resume",
+        "evaluator_weights",
+        "eval_every",
+        "eval_samples",
+        "fid_stats",
+        "inception_weights",
+        "sample_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "show_progress",
+        "train.iterations",
+    }
+)
+
+
+class RunSetupError(RuntimeError):
+    """The run cannot start: bad output folder, checkpoint, data or configuration."""
+
+
+@dataclass
+class RunConfig:
+    """Settings of a training run besides the networks' and the trainer's hyperparameters.
+
+    Attributes:
+        out: Output folder.
+        network: Sizes of G, D and C.
+        train: Trainer hyperparameters, including ``score_guidance`` and ``iterations``.
+        dataset, data_dir: ``"cifar10"``, ``"cifar100"`` or ``"imagefolder"``, and its folder.
+        image_size, resize: Image side, and whether images of another size are resized.
+        limit_images: Train on a random subset of this many images.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        seed: Seeds the networks' initialisation, the data order and the trainer's RNG.
+        resume: Continue from the newest readable checkpoint in ``out``.
+        evaluator_weights, pretrained_evaluator, evaluator_image_size: How the guidance
+            evaluator is built (``checkpoint_path``, ``pretrained`` and ``image_size``).
+        eval_every, eval_samples: Evaluation period in iterations (0 disables) and sample count.
+        fid_stats, inception_weights: FID reference statistics and local Inception weights.
+        sample_every, sample_batch_statistics: Grid period, and whether cBN samples with batch
+            statistics (True) or running statistics (False) for grids and evaluation.
+        checkpoint_every, keep_checkpoints: Checkpoint period and how many files are kept.
+        log_every: Iterations between rows of ``metrics.csv`` and TensorBoard points.
+        deterministic: Call ``torch.use_deterministic_algorithms(True)``.
+    """
+
+    out: Path
+    network: ControlGANConfig = field(default_factory=ControlGANConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dataset: str = "cifar10"
+    data_dir: Path = Path("data")
+    image_size: int = 32
+    resize: bool = False
+    limit_images: int | None = None
+    num_workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    evaluator_weights: Path | None = None
+    pretrained_evaluator: bool = True
+    evaluator_image_size: int | None = None
+    eval_every: int = 5000
+    eval_samples: int = 10_000
+    fid_stats: Path | None = None
+    inception_weights: Path | None = None
+    sample_every: int = 1000
+    sample_batch_statistics: bool = False
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    show_progress: bool = True
+    deterministic: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """Return the settings as a flat JSON-compatible dict (``network.*`` and ``train.*``)."""
+        flat: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{name}": _plain(item) for name, item in value.items()})
+            else:
+                flat[key] = _plain(value)
+        return flat
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+@dataclass
+class RunResult:
+    """What a finished or stopped run produced."""
+
+    iteration: int
+    interrupted: bool
+    last_checkpoint: Path | None
+    metrics: dict[str, float]
+    evaluations: list[dict[str, float]]
+
+
+def find_checkpoints(out: Path) -> list[Path]:
+    """Return the checkpoints in ``out/checkpoints``, oldest first."""
+    return sorted((out / "checkpoints").glob(_CHECKPOINT_PATTERN))
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunSetupError(
+            "--device cuda was requested but CUDA is not available; use --device cpu"
+        )
+    return device
+
+
+# Save and restore every RNG
+
+
+def _rng_states() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore_rng_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """Record SIGINT and SIGTERM in the yielded list instead of stopping at once.
+
+    A second signal of the same kind stops the process as usual.
+    """
+    received: list[int] = []
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        signal.signal(signum, previous[signum])
+        logger.warning(
+            "Received %s: saving a checkpoint after this iteration (send it again to stop now)",
+            signal.Signals(signum).name,
+        )
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # Not the main thread: signals stay with the caller.
+            pass
+    try:
+        yield received
+    finally:
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)
+
+
+class _Run:
+    """State of one call of :func:`train`."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        self.device = _resolve_device(config.device)
+        self.evaluations: list[dict[str, float]] = []
+        self.last_checkpoint: Path | None = None
+        self._eval_notice_given = False
+
+    # Set up
+
+    def check_out_folder(self) -> None:
+        existing = find_checkpoints(self.out)
+        if existing and not self.config.resume:
+            raise RunSetupError(
+                f"{self.out} already holds the checkpoints of a run (newest: "
+                f"{existing[-1].name}); pass --resume to continue it, or choose another --out"
+            )
+        if self.config.resume and not existing:
+            raise RunSetupError(
+                f"--resume was given but {self.out / 'checkpoints'} holds no checkpoint; start "
+                "without --resume"
+            )
+
+    def build(self) -> None:
+        config = self.config
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+
+        # Build the guidance first, so that offline weight errors come before data decoding
+        guidance = None
+        if config.train.score_guidance:
+            if not config.pretrained_evaluator and config.evaluator_weights is None:
+                logger.warning(
+                    "THE EVALUATOR HAS RANDOM WEIGHTS: score guidance will not mean anything. "
+                    "Use this only to test the pipeline."
+                )
+            with torch.random.fork_rng(devices=[]):
+                # A random evaluator must be the same network again after a resume.
+                torch.manual_seed(config.seed)
+                guidance = build_guidance(
+                    config.train,
+                    self.device,
+                    pretrained=config.pretrained_evaluator,
+                    checkpoint_path=config.evaluator_weights,
+                    image_size=config.evaluator_image_size,
+                    channels_last=self.device.type == "cuda",
+                )
+
+        # Load the data
+        dataset = load_image_dataset(
+            config.dataset,
+            config.data_dir,
+            image_size=config.image_size,
+            resize=config.resize,
+            limit=config.limit_images,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            show_progress=config.show_progress,
+        )
+        if dataset.num_classes != config.network.num_classes:
+            raise RunSetupError(
+                f"the dataset has {dataset.num_classes} classes but the networks are built for "
+                f"{config.network.num_classes}; pass --num-classes {dataset.num_classes}"
+            )
+        self.classes = dataset.classes
+        self.stream = BatchStream(dataset, config.train.batch_size, self.device, seed=config.seed)
+
+        # Build the networks and the trainer
+        torch.manual_seed(config.seed)
+        networks = build_networks(config.network, self.device)
+        if networks.generator.image_size != config.image_size:
+            raise RunSetupError(
+                f"the generator makes {networks.generator.image_size}-pixel images but the data "
+                f"is {config.image_size} pixels; set the generator's bottom width to "
+                f"{config.image_size // 8}"
+            )
+        self.trainer = ControlGANTrainer(*networks, config=config.train, guidance=guidance)
+
+    def restore(self) -> None:
+        """Load the newest readable checkpoint, falling back to older ones."""
+        candidates = list(reversed(find_checkpoints(self.out)))
+        for index, path in enumerate(candidates):
+            try:
+                state = load_checkpoint(path, map_location="cpu")
+            except InvalidCheckpointError as error:
+                older = candidates[index + 1].name if index + 1 < len(candidates) else None
+                logger.error(
+                    "Checkpoint %s is unreadable (%s); %s",
+                    path,
+                    error,
+                    f"falling back to {older}" if older else "no older checkpoint is left",
+                )
+                continue
+            self._check_settings(state.get("run_settings", {}), path)
+            self.trainer.load_state_dict(state)
+            self.stream.load_state_dict(state["data_stream"])
+            _restore_rng_states(state["rng_states"])
+            self.evaluations = list(state.get("evaluations", []))
+            self.last_checkpoint = path
+            logger.info("Resumed from %s at iteration %d", path, self.trainer.iteration)
+            return
+        raise RunSetupError(
+            f"no readable checkpoint in {self.out / 'checkpoints'}; remove the damaged files or "
+            "start a new run in another --out"
+        )
+
+    def _check_settings(self, saved: dict[str, Any], path: Path) -> None:
+        current = self.config.settings()
+        differences = [
+            f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}"
+            for key in sorted(set(saved) | set(current))
+            if key not in _RESUMABLE_SETTINGS and saved.get(key) != current.get(key)
+        ]
+        if differences:
+            raise RunSetupError(
+                f"{path} was written by a run with other settings: "
+                + "; ".join(differences)
+                + ". Resume with the same settings, or start a new run in another --out"
+            )
+
+    # Write checkpoints, logs, samples and evaluations
+
+    def save(self, metrics: dict[str, float]) -> Path:
+        state = self.trainer.state_dict()
+        state["run_settings"] = self.config.settings()
+        state["data_stream"] = self.stream.state_dict()
+        state["rng_states"] = _rng_states()
+        state["evaluations"] = self.evaluations
+        state["last_metrics"] = metrics
+        path = self.out / "checkpoints" / f"checkpoint_{self.trainer.iteration:07d}.pt"
+        self.last_checkpoint = save_checkpoint(state, path)
+        for old in find_checkpoints(self.out)[: -self.config.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def save_samples(self) -> Path:
+        generator = self.trainer.generator
+        num_classes = generator.num_classes
+        rows = 10 if num_classes <= 20 else 4
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(self.config.seed + 1)
+        z = torch.randn(rows * num_classes, generator.z_dim, device=self.device, generator=rng)
+        labels = torch.arange(num_classes, device=self.device).repeat(rows)
+        images, _ = self.trainer.sample(
+            z.shape[0],
+            labels,
+            eval_mode=not self.config.sample_batch_statistics,
+            seed=self.config.seed + 1,
+        )
+        path = self.out / "samples" / f"samples_{self.trainer.iteration:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torchvision.utils.save_image(
+            images, path, nrow=num_classes, normalize=True, value_range=(-1, 1), padding=1
+        )
+        return path
+
+    def evaluate(self) -> dict[str, float] | None:
+        try:
+            from score_guidance.metrics import (  # noqa: PLC0415
+                InceptionWeightsUnavailableError,
+                inception_score_and_fid,
+            )
+        except ImportError:  # pragma: no cover - metrics ship with the package
+            return None
+        generator = self.trainer.generator
+        try:
+            images, _ = self.trainer.sample(
+                self.config.eval_samples,
+                eval_mode=not self.config.sample_batch_statistics,
+                seed=self.config.seed + 2,
+            )
+            result = inception_score_and_fid(
+                (images + 1) / 2,
+                fid_reference=self.config.fid_stats,
+                device=self.device,
+                inception_weights=self.config.inception_weights,
+                show_progress=False,
+            )
+        except InceptionWeightsUnavailableError as error:
+            if not self._eval_notice_given:
+                logger.warning("Skipping evaluation: %s", error)
+                self._eval_notice_given = True
+            return None
+        finally:
+            generator.train()
+        evaluation = {
+            "iteration": self.trainer.iteration,
+            "inception_score": float(result.inception_score),
+            "inception_score_std": float(result.inception_score_std),
+            "fid": float(result.fid) if result.fid is not None else math.nan,
+        }
+        self.evaluations.append(evaluation)
+        return evaluation
+
+    def write_curves(self) -> Path | None:
+        if not self.evaluations:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        iterations = [row["iteration"] for row in self.evaluations]
+        figure, (score_axis, fid_axis) = plt.subplots(1, 2, figsize=(10, 4))
+        score_axis.errorbar(
+            iterations,
+            [row["inception_score"] for row in self.evaluations],
+            yerr=[row["inception_score_std"] for row in self.evaluations],
+            marker="o",
+        )
+        score_axis.set(xlabel="generator iteration", ylabel="Inception score")
+        fid_axis.plot(iterations, [row["fid"] for row in self.evaluations], marker="o")
+        fid_axis.set(xlabel="generator iteration", ylabel="FID")
+        for axis in (score_axis, fid_axis):
+            axis.grid(alpha=0.3)
+        figure.suptitle("ScoreGAN" if self.config.train.score_guidance else "ControlGAN")
+        figure.tight_layout()
+        path = self.out / "curves.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return path
+
+
+class _CsvLog:
+    """Append rows to a CSV file, dropping rows past ``start_iteration`` from an earlier run."""
+
+    def __init__(self, path: Path, start_iteration: int) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        rows: list[dict[str, str]] = []
+        if path.is_file():
+            with path.open(newline="") as file:
+                reader = csv.DictReader(file)
+                self.fields = list(reader.fieldnames or [])
+                rows = [row for row in reader if int(float(row["iteration"])) <= start_iteration]
+        self.file = path.open("w", newline="")
+        self.writer: csv.DictWriter | None = None
+        if self.fields:
+            self._start_writer(self.fields)
+            self.writer.writerows(rows)  # type: ignore[union-attr]
+
+    def _start_writer(self, fields: list[str]) -> None:
+        self.fields = fields
+        self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
+        self.writer.writeheader()
+
+    def write(self, row: dict[str, float]) -> None:
+        if self.writer is None:
+            self._start_writer(list(row))
+        self.writer.writerow(row)  # type: ignore[union-attr]
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _postfix(metrics: dict[str, float]) -> dict[str, str]:
+    shown = {"loss_d": "D", "loss_g": "G", "loss_c": "C", "gamma": "gamma"}
+    postfix = {label: f"{metrics[key]:.3f}" for key, label in shown.items() if key in metrics}
+    if "guidance_fake_score" in metrics:
+        postfix["IS_E"] = f"{metrics['guidance_fake_score']:.2f}"
+    return postfix
+
+
+def train(config: RunConfig) -> RunResult:
+    """Train ControlGAN, or ScoreGAN with ``config.train.score_guidance``, as one run.
+
+    Raises:
+        RunSetupError: the output folder, a checkpoint or the settings are unusable.
+        DataUnavailableError: the training data cannot be found or read.
+        score_guidance.PretrainedWeightsUnavailableError: evaluator weights cannot be fetched.
+        NonFiniteLossError: a loss became NaN or infinite. The last checkpoint is the last
+            good state; nothing is saved after the failing iteration.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = _Run(config)
+    out = run.out
+    run.check_out_folder()
+    run.build()
+    if config.resume:
+        run.restore()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
+
+    trainer = run.trainer
+    start = trainer.iteration
+    metrics_log = _CsvLog(out / "metrics.csv", start)
+    evaluation_log = _CsvLog(out / "evaluation.csv", start)
+    tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+    total = config.train.iterations
+    logger.info(
+        "Training %s from iteration %d to %d on %s, writing to %s",
+        "ScoreGAN" if config.train.score_guidance else "ControlGAN",
+        start,
+        total,
+        run.device,
+        out,
+    )
+
+    metrics: dict[str, float] = {}
+    interrupted = False
+    started_at = time.perf_counter()
+    progress = tqdm(
+        total=total, initial=start, desc="train", unit="it", disable=not config.show_progress
+    )
+    try:
+        with _stop_on_signals() as signals:
+            while trainer.iteration < total:
+                try:
+                    metrics = trainer.train_step(run.stream)
+                except NonFiniteLossError as error:
+                    logger.error(
+                        "Stopping: %s. The last good checkpoint is %s", error, run.last_checkpoint
+                    )
+                    raise
+                iteration = trainer.iteration
+                progress.update(1)
+
+                if iteration % config.log_every == 0 or iteration == total:
+                    row: dict[str, float] = {"iteration": iteration, **metrics}
+                    row["seconds"] = time.perf_counter() - started_at
+                    metrics_log.write(row)
+                    for name, value in metrics.items():
+                        tensorboard.add_scalar(f"train/{name}", value, iteration)
+                    progress.set_postfix(_postfix(metrics), refresh=False)
+                if config.sample_every and iteration % config.sample_every == 0:
+                    run.save_samples()
+                if config.eval_every and iteration % config.eval_every == 0:
+                    evaluation = run.evaluate()
+                    if evaluation is not None:
+                        evaluation_log.write(evaluation)
+                        for name in ("inception_score", "fid"):
+                            tensorboard.add_scalar(f"eval/{name}", evaluation[name], iteration)
+                        logger.info(
+                            "Iteration %d: IS %.3f +/- %.3f, FID %.3f",
+                            iteration,
+                            evaluation["inception_score"],
+                            evaluation["inception_score_std"],
+                            evaluation["fid"],
+                        )
+                if signals:
+                    run.save(metrics)
+                    interrupted = True
+                    logger.warning("Stopped at iteration %d; continue with --resume", iteration)
+                    break
+                if iteration % config.checkpoint_every == 0 or iteration == total:
+                    run.save(metrics)
+    finally:
+        progress.close()
+        metrics_log.close()
+        evaluation_log.close()
+        tensorboard.close()
+
+    if not interrupted:
+        if config.sample_every:
+            run.save_samples()
+        run.write_curves()
+    return RunResult(trainer.iteration, interrupted, run.last_checkpoint, metrics, run.evaluations)
