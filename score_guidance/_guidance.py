@@ -55,7 +55,7 @@ class ScoreGuidanceLoss(nn.Module):
         Returns a scalar tensor (float32, also under ``torch.autocast``).
 
     After each call, :attr:`last` holds a :class:`GuidanceStats`. Reading it synchronises with
-    the device, so read it only when logging.
+    the device, so read it only when logging, or read the tensors of :attr:`last_scores`.
     """
 
     def __init__(
@@ -95,6 +95,15 @@ class ScoreGuidanceLoss(nn.Module):
         self.weight = weight
         self.reference = reference
         self._last: tuple[Tensor, Tensor | None] | None = None
+
+    @property
+    def last_scores(self) -> tuple[Tensor, Tensor | None] | None:
+        """Detached (fake score, reference score) tensors of the last call, without a sync.
+
+        A training loop can stack them with its other scalars and read all at once. The
+        reference is None when the term is uncapped.
+        """
+        return self._last
 
     @property
     def last(self) -> GuidanceStats | None:

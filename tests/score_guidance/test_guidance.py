@@ -106,6 +106,16 @@ def test_uncapped_reference_warns_and_reports_nan(caplog):
 
 def test_last_is_none_before_first_call():
     assert ScoreGuidanceLoss(_evaluator()).last is None
+    assert ScoreGuidanceLoss(_evaluator()).last_scores is None
+
+
+def test_last_scores_match_last():
+    guidance = ScoreGuidanceLoss(_evaluator(), reference=3.0)
+    guidance(_diverse_batch())
+    fake_score, reference_score = guidance.last_scores
+    assert fake_score.item() == pytest.approx(guidance.last.fake_score)
+    assert reference_score.item() == 3.0
+    assert not fake_score.requires_grad
 
 
 def test_batch_reference_needs_real():
