@@ -17,11 +17,11 @@ with bitwise the same result on the CPU as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
-import math
 import random
 import signal
 import time
@@ -41,6 +41,7 @@ from score_guidance import InvalidCheckpointError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import BatchStream, load_image_dataset
 from .networks import ControlGANConfig, build_networks
+from .sampling import batchnorm_batch_statistics
 from .trainer import ControlGANTrainer, NonFiniteLossError, TrainConfig, build_guidance
 
 __all__ = ["RunConfig", "RunResult", "RunSetupError", "train", "find_checkpoints"]
@@ -234,11 +235,19 @@ class _Run:
         self.device = _resolve_device(config.device)
         self.evaluations: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
-        self._eval_notice_given = False
+        self._evaluation_off = config.eval_every == 0
+        self._inception: Any = None
 
     # Set up
 
     def check_out_folder(self) -> None:
+        for flag, path in (
+            ("--fid-stats", self.config.fid_stats),
+            ("--inception-weights", self.config.inception_weights),
+            ("--evaluator-weights", self.config.evaluator_weights),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise RunSetupError(f"{flag} {path} not found; pass the path of an existing file")
         existing = find_checkpoints(self.out)
         if existing and not self.config.resume:
             raise RunSetupError(
@@ -387,42 +396,62 @@ class _Run:
         return path
 
     def evaluate(self) -> dict[str, float] | None:
-        try:
-            from score_guidance.metrics import (  # noqa: PLC0415
-                InceptionWeightsUnavailableError,
-                inception_score_and_fid,
-            )
-        except ImportError:  # pragma: no cover - metrics ship with the package
+        """Return Inception score and FID of the generator, or None when evaluation is off.
+
+        Evaluation needs ``fid_stats`` and the Inception weights; without either it is
+        switched off for the rest of the run with one warning.
+        """
+        from score_guidance import metrics
+
+        config = self.config
+        if self._evaluation_off:
             return None
+        if config.fid_stats is None:
+            return self._switch_off_evaluation("no FID reference statistics (pass --fid-stats)")
+        if self._inception is None:
+            try:
+                self._inception = metrics.load_inception(config.inception_weights, self.device)
+            except FileNotFoundError as error:
+                return self._switch_off_evaluation(str(error))
+
         generator = self.trainer.generator
+        images = metrics.generate_images(
+            generator,
+            config.eval_samples,
+            batch_size=config.train.batch_size,
+            num_classes=generator.num_classes,
+            device=self.device,
+            z_dim=generator.z_dim,
+            seed=config.seed + 2,
+        )
+        if config.sample_batch_statistics:
+            bn_mode = batchnorm_batch_statistics(generator)
+        else:
+            generator.eval()
+            bn_mode = contextlib.nullcontext()
         try:
-            images, _ = self.trainer.sample(
-                self.config.eval_samples,
-                eval_mode=not self.config.sample_batch_statistics,
-                seed=self.config.seed + 2,
-            )
-            result = inception_score_and_fid(
-                (images + 1) / 2,
-                fid_reference=self.config.fid_stats,
-                device=self.device,
-                inception_weights=self.config.inception_weights,
-                show_progress=False,
-            )
-        except InceptionWeightsUnavailableError as error:
-            if not self._eval_notice_given:
-                logger.warning("Skipping evaluation: %s", error)
-                self._eval_notice_given = True
-            return None
+            with bn_mode:
+                result = metrics.inception_score_and_fid(
+                    images,
+                    fid_reference=config.fid_stats,
+                    feature_extractor=self._inception,
+                    progress=config.show_progress,
+                )
         finally:
             generator.train()
         evaluation = {
             "iteration": self.trainer.iteration,
             "inception_score": float(result.inception_score),
             "inception_score_std": float(result.inception_score_std),
-            "fid": float(result.fid) if result.fid is not None else math.nan,
+            "fid": float(result.fid),
         }
         self.evaluations.append(evaluation)
         return evaluation
+
+    def _switch_off_evaluation(self, reason: str) -> None:
+        logger.warning("Skipping evaluation for this run: %s", reason)
+        self._evaluation_off = True
+        return None
 
     def write_curves(self) -> Path | None:
         if not self.evaluations:

@@ -241,3 +241,75 @@ def test_sigterm_saves_checkpoint_then_resumes(image_folder, tmp_path):
     assert stopped_at >= 3
     assert _run(image_folder, out, "--iterations", str(stopped_at + 2), "--resume") == 0
     assert load_checkpoint(find_checkpoints(out)[-1])["iteration"] == stopped_at + 2
+
+
+class _PooledColourJudge:
+    """A cheap stand-in for the Inception network: 48 pooled pixel features, 10 classes."""
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.nn.functional.adaptive_avg_pool2d(images, 4).flatten(1).double()
+        return features, torch.softmax(features[:, :10] * 20, dim=1)
+
+
+def test_evaluation_runs_with_judge_and_writes_curves(image_folder, tmp_path, monkeypatch):
+    from score_guidance import metrics
+
+    judge = _PooledColourJudge()
+    stats = tmp_path / "stats.npz"
+    metrics.compute_reference_statistics(image_folder, stats, feature_extractor=judge)
+    monkeypatch.setattr(metrics, "load_inception", lambda weights, device: judge)
+    out = tmp_path / "run"
+
+    code = _run(image_folder, out, "--iterations", "4", "--eval-every", "2",
+                "--eval-samples", "40", "--fid-stats", str(stats))  # fmt: skip
+
+    assert code == 0
+    rows = _read_csv(out / "evaluation.csv")
+    assert [int(row["iteration"]) for row in rows] == [2, 4]
+    for row in rows:
+        assert 1.0 <= float(row["inception_score"]) <= 4.0 + 1e-6  # 4 images per split
+        assert float(row["fid"]) > 0
+    assert (out / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_writes_scores_and_curves(image_folder, tmp_path):
+    from score_guidance.metrics import compute_reference_statistics
+    from score_guidance.metrics._inception import save_random_inception_weights
+
+    weights = save_random_inception_weights(tmp_path / "inception.pth")
+    stats = tmp_path / "stats.npz"
+    with pytest.warns(UserWarning, match="unreliable"):
+        compute_reference_statistics(image_folder, stats, "cpu", inception_weights=weights)
+    out = tmp_path / "run"
+
+    code = _run(image_folder, out, "--iterations", "4", "--eval-every", "2",
+                "--eval-samples", "20", "--fid-stats", str(stats),
+                "--inception-weights", str(weights))  # fmt: skip
+
+    assert code == 0
+    rows = _read_csv(out / "evaluation.csv")
+    assert [int(row["iteration"]) for row in rows] == [2, 4]
+    for row in rows:
+        assert 1.0 <= float(row["inception_score"]) <= 2.0 + 1e-6  # 2 images per split
+        assert float(row["fid"]) > 0
+    assert (out / "curves.png").stat().st_size > 0
+
+
+def test_evaluation_without_inception_weights_warns_once(image_folder, tmp_path, caplog):
+    stats = tmp_path / "stats.npz"
+    import numpy as np
+
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    out = tmp_path / "run"
+    code = _run(image_folder, out, "--iterations", "4", "--eval-every", "1",
+                "--eval-samples", "20", "--fid-stats", str(stats))  # fmt: skip
+    assert code == 0
+    assert caplog.text.count("Skipping evaluation for this run") == 1
+    assert "pt_inception-2015-12-05" in caplog.text
+    assert not (out / "curves.png").exists()
+
+
+def test_missing_fid_stats_file_fails_at_start(image_folder, tmp_path, capsys):
+    assert _run(image_folder, tmp_path / "run", "--fid-stats", str(tmp_path / "none.npz")) == 2
+    assert "--fid-stats" in capsys.readouterr().err
