@@ -27,6 +27,7 @@ __all__ = [
     "DataUnavailableError",
     "ImageTensorDataset",
     "BatchStream",
+    "check_image_dataset",
     "load_image_dataset",
 ]
 
@@ -111,6 +112,45 @@ def _check_image_size(dataset: Dataset, image_size: int, resize: bool, source: s
         )
 
 
+def _open_and_check(
+    name: str, data_dir: Path, image_size: int, resize: bool, download: bool
+) -> Any:
+    if name == "imagefolder":
+        dataset: Any = _open_image_folder(data_dir)
+    else:
+        dataset = _open_torchvision_dataset(name, data_dir, download)
+    if len(dataset) == 0:
+        raise DataUnavailableError(f"the dataset in {str(data_dir)!r} has no images")
+    if len(dataset.classes) < 2:
+        raise DataUnavailableError(
+            f"the dataset in {str(data_dir)!r} has {len(dataset.classes)} class; a conditional "
+            "GAN needs at least 2 class subfolders"
+        )
+    _check_image_size(dataset, image_size, resize, str(data_dir))
+    return dataset
+
+
+def check_image_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str],
+    *,
+    image_size: int = 32,
+    resize: bool = False,
+    download: bool = True,
+) -> None:
+    """Raise the error that :func:`load_image_dataset` would raise, without decoding images.
+
+    Opening a torchvision dataset downloads it when ``download`` is set.
+
+    Raises:
+        DataUnavailableError: the data is missing, empty, of another size, or not downloadable.
+        ValueError: ``name`` is unknown.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    _open_and_check(name, Path(data_dir).expanduser(), image_size, resize, download)
+
+
 def load_image_dataset(
     name: str,
     data_dir: str | os.PathLike[str],
@@ -143,21 +183,8 @@ def load_image_dataset(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of images, got {limit}")
     data_dir = Path(data_dir).expanduser()
-
-    # Open the dataset and check what it holds
-    if name == "imagefolder":
-        dataset: Any = _open_image_folder(data_dir)
-    else:
-        dataset = _open_torchvision_dataset(name, data_dir, download)
+    dataset = _open_and_check(name, data_dir, image_size, resize, download)
     classes = list(dataset.classes)
-    if len(dataset) == 0:
-        raise DataUnavailableError(f"the dataset in {str(data_dir)!r} has no images")
-    if len(classes) < 2:
-        raise DataUnavailableError(
-            f"the dataset in {str(data_dir)!r} has {len(classes)} class; a conditional GAN "
-            "needs at least 2 class subfolders"
-        )
-    _check_image_size(dataset, image_size, resize, str(data_dir))
 
     indices = np.arange(len(dataset))
     if limit is not None and limit < len(dataset):
