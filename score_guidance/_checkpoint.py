@@ -46,6 +46,10 @@ def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         InvalidCheckpointError: the file is missing, cannot be read, or holds no state dict.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise InvalidCheckpointError(
+            f"checkpoint path {str(path)!r} is a folder; pass the path of a weights file in it"
+        )
     if not path.is_file():
         raise InvalidCheckpointError(
             f"checkpoint file {str(path)!r} not found; pass the path of an existing weights file"
@@ -64,7 +68,16 @@ def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     else:
         try:
             contents = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        # A damaged file surfaces as any of these, depending on where the bytes break.
+        except (
+            pickle.UnpicklingError,
+            RuntimeError,
+            EOFError,
+            OSError,
+            KeyError,
+            ValueError,
+            IndexError,
+        ) as error:
             raise InvalidCheckpointError(
                 f"cannot read {str(path)!r} as a weights-only torch file ({error}); save the "
                 "weights with torch.save(model.state_dict(), path)"

@@ -62,10 +62,17 @@ def load_checkpoint(
         raise InvalidCheckpointError(f"checkpoint file {str(path)!r} not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+    except pickle.UnpicklingError as error:
         raise InvalidCheckpointError(
             f"cannot read checkpoint {str(path)!r}: {error}. If the file stores objects other "
             "than tensors and plain containers and you trust it, pass weights_only=False"
+        ) from error
+    # A damaged file surfaces as any of these, depending on where the bytes break.
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as error:
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise InvalidCheckpointError(
+            f"cannot read checkpoint {str(path)!r}, which is damaged or not a torch.save file "
+            f"({reason})"
         ) from error
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != CHECKPOINT_FORMAT_VERSION:

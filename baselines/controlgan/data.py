@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,15 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".
 
 
 class DataUnavailableError(RuntimeError):
-    """The requested dataset cannot be found, read or downloaded."""
+    """The requested dataset cannot be found, read or downloaded.
+
+    Attributes:
+        download_failed: True when the data was missing locally and could not be downloaded.
+    """
+
+    def __init__(self, message: str, *, download_failed: bool = False) -> None:
+        super().__init__(message)
+        self.download_failed = download_failed
 
 
 @dataclass
@@ -83,7 +91,8 @@ def _open_torchvision_dataset(name: str, data_dir: Path, download: bool) -> Data
         raise DataUnavailableError(
             f"cannot load {name} from {data_dir} ({error}). Without network, put the "
             f"torchvision {name} archive into --data-dir, or train on a folder of class "
-            "subfolders with --dataset imagefolder --data-dir PATH"
+            "subfolders with --dataset imagefolder --data-dir PATH",
+            download_failed=download,
         ) from error
 
 
@@ -99,6 +108,17 @@ def _open_image_folder(data_dir: Path) -> torchvision.datasets.ImageFolder:
         raise DataUnavailableError(
             f"no images found in {str(data_dir)!r} ({error}); --dataset imagefolder expects "
             f"one subfolder per class holding image files ({', '.join(_IMAGE_EXTENSIONS)})"
+        ) from error
+
+
+def _reraise_decode_errors(
+    batches: Iterable[tuple[Tensor, Tensor]], data_dir: Path
+) -> Iterator[tuple[Tensor, Tensor]]:
+    try:
+        yield from batches
+    except OSError as error:  # PIL's UnidentifiedImageError is an OSError.
+        raise DataUnavailableError(
+            f"cannot decode an image in {str(data_dir)!r}: {error}; remove or replace that file"
         ) from error
 
 
@@ -197,9 +217,10 @@ def load_image_dataset(
     images = torch.empty(len(subset), 3, image_size, image_size, dtype=torch.uint8)
     labels = torch.empty(len(subset), dtype=torch.int64)
     position = 0
-    for batch_images, batch_labels in tqdm(
+    batches = tqdm(
         loader, desc=f"Decoding {name}", unit="batch", disable=not show_progress, leave=False
-    ):
+    )
+    for batch_images, batch_labels in _reraise_decode_errors(batches, data_dir):
         count = batch_images.shape[0]
         images[position : position + count] = batch_images
         labels[position : position + count] = batch_labels

@@ -96,11 +96,15 @@ def test_resume_matches_uninterrupted_run(image_folder, tmp_path):
     assert [int(float(row["iteration"])) for row in rows] == list(range(1, 9))
 
 
-def test_corrupted_checkpoint_falls_back(image_folder, tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_corrupted_checkpoint_falls_back(image_folder, tmp_path, caplog, damage):
     out = tmp_path / "run"
     assert _run(image_folder, out, "--iterations", "4", "--checkpoint-every", "2") == 0
     newest = out / "checkpoints" / "checkpoint_0000004.pt"
-    newest.write_bytes(newest.read_bytes()[:1000])
+    if damage == "truncated":
+        newest.write_bytes(newest.read_bytes()[:1000])
+    else:
+        newest.write_text("junk\n")
 
     assert _run(image_folder, out, "--iterations", "6", "--checkpoint-every", "2", "--resume") == 0
 
@@ -170,6 +174,14 @@ def test_bad_data_folders_fail_clearly(tmp_path, capsys, setup, match):
         write_image_folder(folder, classes=2, per_class=2, size=48)
     assert _run(folder, tmp_path / "run", "--num-classes", "2") == 2
     assert match in capsys.readouterr().err
+
+
+def test_unreadable_image_names_file(image_folder, tmp_path, capsys):
+    (image_folder / "class_0" / "broken.jpg").write_text("not an image")
+    assert _run(image_folder, tmp_path / "run", "--iterations", "2") == 2
+    message = capsys.readouterr().err
+    assert "cannot decode an image" in message
+    assert "broken.jpg" in message
 
 
 def test_image_size_flag_resizes(tmp_path):

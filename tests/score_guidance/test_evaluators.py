@@ -278,6 +278,18 @@ def test_missing_checkpoint_raises(tmp_path):
         TimmEvaluator("mobilenetv2_050", checkpoint_path=tmp_path / "absent.pth")
 
 
+def test_folder_as_checkpoint_raises(tmp_path):
+    with pytest.raises(InvalidCheckpointError, match="is a folder"):
+        TimmEvaluator("mobilenetv2_050", checkpoint_path=tmp_path)
+
+
+def test_text_file_checkpoint_raises(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_text("junk\n")
+    with pytest.raises(InvalidCheckpointError, match="cannot read"):
+        TimmEvaluator("mobilenetv2_050", checkpoint_path=path)
+
+
 def test_non_state_dict_checkpoint_raises(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([1, 2, 3], path)
@@ -331,6 +343,7 @@ def test_build_evaluator_dispatches_on_source():
         ("keras:mobilenet_v2", "SOURCE:MODEL_NAME"),
         ("timm:not_a_model", r"timm.list_models"),
         ("torchvision:not_a_model", r"torchvision.models.list_models"),
+        (None, "must be a 'SOURCE:MODEL_NAME' string"),
     ],
 )
 def test_build_evaluator_rejects_unknown_names(spec: str, match: str):
