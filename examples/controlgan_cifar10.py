@@ -12,6 +12,10 @@ Every setting of a preset can be overridden by its flag. Examples:
       --data-dir ../shared/data/cifar10-jpeg/train --evaluator-weights mobilenetv2_100.pth
   python examples/controlgan_cifar10.py --preset quick --no-score-guidance --out runs/baseline
   python examples/controlgan_cifar10.py --out runs/scoregan --resume
+  torchrun --nproc-per-node 4 examples/controlgan_cifar10.py --out runs/scoregan-4gpu
+
+Under torchrun every process trains on its own shard with DistributedDataParallel, and
+--batch-size is the batch of each process.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from baselines.controlgan import ControlGANConfig, NonFiniteLossError, TrainConfig
 from baselines.controlgan.data import DATASETS, DataUnavailableError
+from baselines.controlgan.distributed import get_rank
 from baselines.controlgan.run import RunConfig, RunSetupError, train
 from score_guidance import (
     DEFAULT_EVALUATOR,
@@ -43,17 +50,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "network": {
-            "generator_channels": 64,
-            "discriminator_channels": 64,
+            "generator_channels": 32,
+            "discriminator_channels": 32,
             "classifier_widths": (16, 32, 64, 64),
             "classifier_blocks_per_stage": 1,
         },
-        "train": {"iterations": 2000, "n_dis": 2, "lr_decay_at": None},
+        "train": {"iterations": 500, "n_dis": 2, "batch_size": 32, "lr_decay_at": None},
         "run": {
             "evaluator_image_size": 96,
             "eval_every": 0,
-            "sample_every": 250,
-            "checkpoint_every": 250,
+            "sample_every": 50,
+            "checkpoint_every": 100,
             "log_every": 10,
             "limit_images": None,
         },
@@ -136,6 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--gamma-max", type=float, help="maximum of gamma_t (0.1)")
     training.add_argument("--gamma-r", type=float, help="step of the gamma_t rule (1e-4)")
     training.add_argument("--channels", type=int, help="channels of G and D (256)")
+    training.add_argument(
+        "--ema-decay",
+        type=float,
+        help="keep a moving average of G's weights with this decay, e.g. 0.999 (default off)",
+    )
+
+    speed = parser.add_argument_group("speed")
+    speed.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+        default="auto",
+        help="mixed precision of the forward passes; auto is bf16 on CUDA and off on CPU",
+    )
+    speed.add_argument(
+        "--compile", action="store_true", help="run the networks through torch.compile"
+    )
+    speed.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format (default: on for CUDA, off on CPU)",
+    )
 
     outputs = parser.add_argument_group("evaluation and outputs")
     outputs.add_argument("--eval-every", type=int, help="iterations between evaluations (0: off)")
@@ -183,9 +212,13 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
 
     score_guidance = True if args.score_guidance is None else args.score_guidance
     train_settings["score_guidance"] = score_guidance
+    train_settings["amp"] = args.amp
+    train_settings["channels_last"] = args.channels_last
+    train_settings["compile"] = args.compile
     for key in (
         "iterations", "batch_size", "n_dis", "lr_g", "lr_d", "lr_c", "lr_decay_at",
         "gp_weight", "gp_type", "gamma_max", "gamma_r", "delta", "evaluator", "seed",
+        "ema_decay",
     ):  # fmt: skip
         _set(train_settings, key, getattr(args, key))
 
@@ -226,9 +259,11 @@ def _count_class_folders(data_dir: Path | None) -> int:
 def _offline_hint(args: argparse.Namespace) -> str:
     return (
         "To train without network, pass local files, for example:\n"
-        "  --dataset imagefolder --data-dir ../shared/data/cifar10-jpeg/train "
+        "  --dataset imagefolder --data-dir PATH/TO/cifar10-jpeg/train "
         "--evaluator-weights mobilenetv2_100.pth\n"
-        "(or --no-pretrained-evaluator to test the pipeline with a random evaluator)"
+        "(or --no-pretrained-evaluator to test the pipeline with a random evaluator).\n"
+        "Set HF_HUB_OFFLINE=1 so that a missing evaluator download fails at once instead of "
+        "after the Hugging Face hub's retries."
     )
 
 
@@ -242,9 +277,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
 
     try:
+        return _train(config, args)
+    finally:
+        # torchrun runs: leave the process group that train() joined.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: RunConfig, args: argparse.Namespace) -> int:
+    try:
         result = train(config)
     except (DataUnavailableError, PretrainedWeightsUnavailableError) as error:
-        print(f"error: {error}\n{_offline_hint(args)}", file=sys.stderr)
+        offline = isinstance(error, PretrainedWeightsUnavailableError) or error.download_failed
+        hint = f"\n{_offline_hint(args)}" if offline else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
         return 2
     except (RunSetupError, InvalidCheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -254,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result.interrupted:
         return 130
-    print(f"Finished at iteration {result.iteration}; last checkpoint {result.last_checkpoint}")
+    if get_rank() == 0:
+        print(f"Finished at iteration {result.iteration}; last checkpoint {result.last_checkpoint}")
     return 0
 
 

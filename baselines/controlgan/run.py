@@ -13,6 +13,11 @@
 
 A run stopped by SIGINT or SIGTERM saves a checkpoint first, and ``resume=True`` continues it
 with bitwise the same result on the CPU as an uninterrupted run.
+
+Started by ``torchrun`` with several processes, :func:`train` joins the process group and
+trains with ``DistributedDataParallel`` (see :mod:`baselines.controlgan.distributed`). Rank 0
+alone writes checkpoints, logs, samples and evaluations. The ranks stop together when any of
+them receives a signal. A checkpoint resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -25,21 +30,31 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torchvision
 from tqdm.auto import tqdm
 
-from score_guidance import InvalidCheckpointError
+from score_guidance import InvalidCheckpointError, ScoreGuidanceLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import BatchStream, load_image_dataset
+from .data import check_image_dataset, load_image_dataset
+from .distributed import (
+    ShardedBatchStream,
+    any_rank,
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    init_from_environment,
+    is_distributed,
+    local_rank,
+)
 from .networks import ControlGANConfig, build_networks
 from .sampling import batchnorm_batch_statistics
 from .trainer import ControlGANTrainer, NonFiniteLossError, TrainConfig, build_guidance
@@ -48,6 +63,7 @@ __all__ = ["RunConfig", "RunResult", "RunSetupError", "train", "find_checkpoints
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 _CHECKPOINT_PATTERN = "checkpoint_*.pt"
 # Settings that may change when a run is resumed; every other setting must match the checkpoint.
 _RESUMABLE_SETTINGS = frozenset(
@@ -68,6 +84,9 @@ _RESUMABLE_SETTINGS = frozenset(
         "log_every",
         "show_progress",
         "train.iterations",
+        "train.amp",
+        "train.channels_last",
+        "train.compile",
     }
 )
 
@@ -128,6 +147,16 @@ class RunConfig:
     show_progress: bool = True
     deterministic: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "eval_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("eval_every", "sample_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
+
     def settings(self) -> dict[str, Any]:
         """Return the settings as a flat JSON-compatible dict (``network.*`` and ``train.*``)."""
         flat: dict[str, Any] = {}
@@ -163,38 +192,47 @@ def find_checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob(_CHECKPOINT_PATTERN))
 
 
-def _resolve_device(name: str) -> torch.device:
+def _device_type(name: str) -> str:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
+def _resolve_device(name: str) -> torch.device:
+    device = torch.device(_device_type(name))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunSetupError(
             "--device cuda was requested but CUDA is not available; use --device cpu"
         )
+    if device.type == "cuda" and is_distributed():
+        # torchrun starts one process per GPU of a machine.
+        return torch.device("cuda", local_rank())
     return device
 
 
 # Save and restore every RNG
 
 
-def _rng_states() -> dict[str, Any]:
+def _rng_states(device: torch.device) -> dict[str, Any]:
     numpy_state = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only the training device's state: reading every GPU's would create a CUDA context on
+        # each GPU of the machine in every rank.
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
     }
 
 
-def _restore_rng_states(states: dict[str, Any]) -> None:
+def _restore_rng_states(states: dict[str, Any], device: torch.device) -> None:
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if states["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"][0], device)
 
 
 @contextmanager
@@ -227,20 +265,66 @@ def _stop_on_signals() -> Iterator[list[int]]:
 
 
 class _Run:
-    """State of one call of :func:`train`."""
+    """State of one call of :func:`train` on one rank."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.out = Path(config.out)
         self.device = _resolve_device(config.device)
+        self.rank = get_rank()
+        self.world_size = get_world_size()
+        self.is_main = self.rank == 0
+        if self.device.type == "cuda" and self.world_size > 1:
+            # NCCL's object collectives run on the current device, which must be this rank's.
+            torch.cuda.set_device(self.device)
         self.evaluations: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
         self._evaluation_off = config.eval_every == 0
         self._inception: Any = None
 
+    # Coordinate the ranks
+
+    def _call_on_rank_zero(self, function: Callable[[], _T]) -> _T | None:
+        # A collective: rank 0 calls function and sends the other ranks whether it raised, so
+        # that they raise too instead of waiting for a collective that never comes.
+        result = None
+        failure = None
+        if self.is_main:
+            try:
+                result = function()
+            except Exception as error:
+                failure = f"{type(error).__name__}: {error}"
+                broadcast_object(failure)
+                raise
+        failure = broadcast_object(failure)
+        if failure is not None:
+            raise RunSetupError(f"rank 0 failed: {failure}")
+        return result
+
+    def on_rank_zero(self, function: Callable[[], _T]) -> _T:
+        """Call ``function`` on rank 0 only and return its result on every rank."""
+        if self.world_size == 1:
+            return function()
+        return broadcast_object(self._call_on_rank_zero(function))
+
+    def rank_zero_first(self, function: Callable[[], _T]) -> _T:
+        """Call ``function`` on rank 0, then on the other ranks, e.g. to download once."""
+        if self.world_size == 1:
+            return function()
+        result = self._call_on_rank_zero(function)
+        if not self.is_main:
+            result = function()
+        return result  # type: ignore[return-value]
+
     # Set up
 
     def check_out_folder(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunSetupError(
+                f"cannot create the output folder {self.out} ({error}); choose another --out"
+            ) from error
         for flag, path in (
             ("--fid-stats", self.config.fid_stats),
             ("--inception-weights", self.config.inception_weights),
@@ -264,10 +348,20 @@ class _Run:
         config = self.config
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
+        elif self.device.type == "cuda":
+            # The shapes never change during a run, so cuDNN's autotuner pays off after a
+            # few steps.
+            torch.backends.cudnn.benchmark = True
         random.seed(config.seed)
         np.random.seed(config.seed)
 
-        # Build the guidance first, so that offline weight errors come before data decoding
+        # Check the data and build the guidance before decoding, so that a missing dataset or
+        # unavailable weights stop the run at once
+        self.rank_zero_first(
+            lambda: check_image_dataset(
+                config.dataset, config.data_dir, image_size=config.image_size, resize=config.resize
+            )
+        )
         guidance = None
         if config.train.score_guidance:
             if not config.pretrained_evaluator and config.evaluator_weights is None:
@@ -275,28 +369,21 @@ class _Run:
                     "THE EVALUATOR HAS RANDOM WEIGHTS: score guidance will not mean anything. "
                     "Use this only to test the pipeline."
                 )
-            with torch.random.fork_rng(devices=[]):
-                # A random evaluator must be the same network again after a resume.
-                torch.manual_seed(config.seed)
-                guidance = build_guidance(
-                    config.train,
-                    self.device,
-                    pretrained=config.pretrained_evaluator,
-                    checkpoint_path=config.evaluator_weights,
-                    image_size=config.evaluator_image_size,
-                    channels_last=self.device.type == "cuda",
-                )
+            # Rank 0 first, so that pretrained weights are downloaded once.
+            guidance = self.rank_zero_first(self._build_guidance)
 
-        # Load the data
-        dataset = load_image_dataset(
-            config.dataset,
-            config.data_dir,
-            image_size=config.image_size,
-            resize=config.resize,
-            limit=config.limit_images,
-            seed=config.seed,
-            num_workers=config.num_workers,
-            show_progress=config.show_progress,
+        # Load the data, rank 0 first, so that a download runs once
+        dataset = self.rank_zero_first(
+            lambda: load_image_dataset(
+                config.dataset,
+                config.data_dir,
+                image_size=config.image_size,
+                resize=config.resize,
+                limit=config.limit_images,
+                seed=config.seed,
+                num_workers=config.num_workers,
+                show_progress=config.show_progress and self.is_main,
+            )
         )
         if dataset.num_classes != config.network.num_classes:
             raise RunSetupError(
@@ -304,7 +391,14 @@ class _Run:
                 f"{config.network.num_classes}; pass --num-classes {dataset.num_classes}"
             )
         self.classes = dataset.classes
-        self.stream = BatchStream(dataset, config.train.batch_size, self.device, seed=config.seed)
+        self.stream = ShardedBatchStream(
+            dataset,
+            config.train.batch_size,
+            self.device,
+            seed=config.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
         # Build the networks and the trainer
         torch.manual_seed(config.seed)
@@ -315,10 +409,38 @@ class _Run:
                 f"is {config.image_size} pixels; set the generator's bottom width to "
                 f"{config.image_size // 8}"
             )
-        self.trainer = ControlGANTrainer(*networks, config=config.train, guidance=guidance)
+        self.trainer = ControlGANTrainer(
+            *networks, config=config.train, guidance=guidance, distributed=self.world_size > 1
+        )
+
+    def _build_guidance(self) -> ScoreGuidanceLoss:
+        config = self.config
+        with torch.random.fork_rng(devices=[]):
+            # A random evaluator must be the same network again after a resume.
+            torch.manual_seed(config.seed)
+            return build_guidance(
+                config.train,
+                self.device,
+                pretrained=config.pretrained_evaluator,
+                checkpoint_path=config.evaluator_weights,
+                image_size=config.evaluator_image_size,
+            )
 
     def restore(self) -> None:
-        """Load the newest readable checkpoint, falling back to older ones."""
+        """Load the newest readable checkpoint, falling back to older ones.
+
+        Rank 0 reads the file and sends the state to the other ranks, so the output folder
+        need not be shared between machines.
+        """
+        state, path = self.on_rank_zero(self._read_newest_checkpoint)
+        self.trainer.load_state_dict(state)
+        self.stream.load_state_dict(state["data_stream"])
+        _restore_rng_states(state["rng_states"], self.device)
+        self.evaluations = list(state.get("evaluations", []))
+        self.last_checkpoint = path
+        logger.info("Resumed from %s at iteration %d", path, self.trainer.iteration)
+
+    def _read_newest_checkpoint(self) -> tuple[dict[str, Any], Path]:
         candidates = list(reversed(find_checkpoints(self.out)))
         for index, path in enumerate(candidates):
             try:
@@ -333,13 +455,7 @@ class _Run:
                 )
                 continue
             self._check_settings(state.get("run_settings", {}), path)
-            self.trainer.load_state_dict(state)
-            self.stream.load_state_dict(state["data_stream"])
-            _restore_rng_states(state["rng_states"])
-            self.evaluations = list(state.get("evaluations", []))
-            self.last_checkpoint = path
-            logger.info("Resumed from %s at iteration %d", path, self.trainer.iteration)
-            return
+            return state, path
         raise RunSetupError(
             f"no readable checkpoint in {self.out / 'checkpoints'}; remove the damaged files or "
             "start a new run in another --out"
@@ -361,11 +477,17 @@ class _Run:
 
     # Write checkpoints, logs, samples and evaluations
 
-    def save(self, metrics: dict[str, float]) -> Path:
+    def save(self, metrics: dict[str, float]) -> Path | None:
+        """Write a checkpoint on rank 0 and return its path (None on other ranks).
+
+        Every rank must call it, because the trainer gathers the ranks' RNG states.
+        """
         state = self.trainer.state_dict()
+        if not self.is_main:
+            return None
         state["run_settings"] = self.config.settings()
         state["data_stream"] = self.stream.state_dict()
-        state["rng_states"] = _rng_states()
+        state["rng_states"] = _rng_states(self.device)
         state["evaluations"] = self.evaluations
         state["last_metrics"] = metrics
         path = self.out / "checkpoints" / f"checkpoint_{self.trainer.iteration:07d}.pt"
@@ -374,26 +496,30 @@ class _Run:
             old.unlink()
         return path
 
-    def save_samples(self) -> Path:
-        generator = self.trainer.generator
-        num_classes = generator.num_classes
+    def save_samples(self) -> list[Path]:
+        """Write a grid of the generator's samples, and one of the moving average's if any."""
+        num_classes = self.trainer.generator.num_classes
         rows = 10 if num_classes <= 20 else 4
-        rng = torch.Generator(device=self.device)
-        rng.manual_seed(self.config.seed + 1)
-        z = torch.randn(rows * num_classes, generator.z_dim, device=self.device, generator=rng)
         labels = torch.arange(num_classes, device=self.device).repeat(rows)
-        images, _ = self.trainer.sample(
-            z.shape[0],
-            labels,
-            eval_mode=not self.config.sample_batch_statistics,
-            seed=self.config.seed + 1,
-        )
-        path = self.out / "samples" / f"samples_{self.trainer.iteration:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torchvision.utils.save_image(
-            images, path, nrow=num_classes, normalize=True, value_range=(-1, 1), padding=1
-        )
-        return path
+        variants = [("samples", False)]
+        if self.trainer.ema is not None:
+            variants.append(("samples_ema", True))
+        paths = []
+        for prefix, use_ema in variants:
+            images, _ = self.trainer.sample(
+                labels.shape[0],
+                labels,
+                eval_mode=not self.config.sample_batch_statistics,
+                seed=self.config.seed + 1,
+                use_ema=use_ema,
+            )
+            path = self.out / "samples" / f"{prefix}_{self.trainer.iteration:07d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torchvision.utils.save_image(
+                images, path, nrow=num_classes, normalize=True, value_range=(-1, 1), padding=1
+            )
+            paths.append(path)
+        return paths
 
     def evaluate(self) -> dict[str, float] | None:
         """Return Inception score and FID of the generator, or None when evaluation is off.
@@ -523,8 +649,69 @@ def _postfix(metrics: dict[str, float]) -> dict[str, str]:
     return postfix
 
 
+class _RankZeroOutputs:
+    """Metric logs, TensorBoard, progress bar, sample grids and evaluations of rank 0."""
+
+    def __init__(self, run: _Run, start: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        config = run.config
+        self.run = run
+        self.metrics_log = _CsvLog(run.out / "metrics.csv", start)
+        self.evaluation_log = _CsvLog(run.out / "evaluation.csv", start)
+        self.tensorboard = SummaryWriter(str(run.out / "tensorboard"), purge_step=start + 1)
+        self.progress = tqdm(
+            total=config.train.iterations,
+            initial=start,
+            desc="train",
+            unit="it",
+            disable=not config.show_progress,
+        )
+        self.started_at = time.perf_counter()
+
+    def after_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
+        config = self.run.config
+        self.progress.update(1)
+        if iteration % config.log_every == 0 or iteration == config.train.iterations:
+            row: dict[str, float] = {"iteration": iteration, **metrics}
+            row["seconds"] = time.perf_counter() - self.started_at
+            self.metrics_log.write(row)
+            for name, value in metrics.items():
+                self.tensorboard.add_scalar(f"train/{name}", value, iteration)
+            self.progress.set_postfix(_postfix(metrics), refresh=False)
+        if config.sample_every and iteration % config.sample_every == 0:
+            self.run.save_samples()
+        if config.eval_every and iteration % config.eval_every == 0:
+            evaluation = self.run.evaluate()
+            if evaluation is not None:
+                self.evaluation_log.write(evaluation)
+                for name in ("inception_score", "fid"):
+                    self.tensorboard.add_scalar(f"eval/{name}", evaluation[name], iteration)
+                logger.info(
+                    "Iteration %d: IS %.3f +/- %.3f, FID %.3f",
+                    iteration,
+                    evaluation["inception_score"],
+                    evaluation["inception_score_std"],
+                    evaluation["fid"],
+                )
+
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics_log.close()
+        self.evaluation_log.close()
+        self.tensorboard.close()
+
+
 def train(config: RunConfig) -> RunResult:
     """Train ControlGAN, or ScoreGAN with ``config.train.score_guidance``, as one run.
+
+    In a process that ``torchrun`` started with several processes, the call first joins the
+    default process group unless it exists, and trains on all ranks. The group stays
+    initialised for later calls, so destroy it with ``torch.distributed.destroy_process_group``
+    when the process is done. (Destroying and creating it again within one ``torchrun`` job
+    can read stale addresses from the rendezvous store.) Every rank returns the same
+    iteration, interruption and metrics. Evaluations are those of rank 0, and the checkpoint
+    path is None on the other ranks.
 
     Raises:
         RunSetupError: the output folder, a checkpoint or the settings are unusable.
@@ -533,38 +720,43 @@ def train(config: RunConfig) -> RunResult:
         NonFiniteLossError: a loss became NaN or infinite. The last checkpoint is the last
             good state; nothing is saved after the failing iteration.
     """
-    from torch.utils.tensorboard import SummaryWriter
+    init_from_environment(_device_type(config.device))
+    return _train(config)
 
+
+def _train(config: RunConfig) -> RunResult:
     run = _Run(config)
     out = run.out
-    run.check_out_folder()
+    run.on_rank_zero(run.check_out_folder)
     run.build()
     if config.resume:
         run.restore()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
+    if run.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.settings(), indent=2) + "\n")
 
     trainer = run.trainer
     start = trainer.iteration
-    metrics_log = _CsvLog(out / "metrics.csv", start)
-    evaluation_log = _CsvLog(out / "evaluation.csv", start)
-    tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+    if start > config.train.iterations:
+        raise RunSetupError(
+            f"the checkpoint is at iteration {start}, past --iterations "
+            f"{config.train.iterations}; pass a larger --iterations to train further"
+        )
     total = config.train.iterations
+    outputs = _RankZeroOutputs(run, start) if run.is_main else None
     logger.info(
-        "Training %s from iteration %d to %d on %s, writing to %s",
+        "Training %s from iteration %d to %d on %s (rank %d of %d), writing to %s",
         "ScoreGAN" if config.train.score_guidance else "ControlGAN",
         start,
         total,
         run.device,
+        run.rank,
+        run.world_size,
         out,
     )
 
     metrics: dict[str, float] = {}
     interrupted = False
-    started_at = time.perf_counter()
-    progress = tqdm(
-        total=total, initial=start, desc="train", unit="it", disable=not config.show_progress
-    )
     try:
         with _stop_on_signals() as signals:
             while trainer.iteration < total:
@@ -576,31 +768,10 @@ def train(config: RunConfig) -> RunResult:
                     )
                     raise
                 iteration = trainer.iteration
-                progress.update(1)
-
-                if iteration % config.log_every == 0 or iteration == total:
-                    row: dict[str, float] = {"iteration": iteration, **metrics}
-                    row["seconds"] = time.perf_counter() - started_at
-                    metrics_log.write(row)
-                    for name, value in metrics.items():
-                        tensorboard.add_scalar(f"train/{name}", value, iteration)
-                    progress.set_postfix(_postfix(metrics), refresh=False)
-                if config.sample_every and iteration % config.sample_every == 0:
-                    run.save_samples()
-                if config.eval_every and iteration % config.eval_every == 0:
-                    evaluation = run.evaluate()
-                    if evaluation is not None:
-                        evaluation_log.write(evaluation)
-                        for name in ("inception_score", "fid"):
-                            tensorboard.add_scalar(f"eval/{name}", evaluation[name], iteration)
-                        logger.info(
-                            "Iteration %d: IS %.3f +/- %.3f, FID %.3f",
-                            iteration,
-                            evaluation["inception_score"],
-                            evaluation["inception_score_std"],
-                            evaluation["fid"],
-                        )
-                if signals:
+                if outputs is not None:
+                    outputs.after_iteration(iteration, metrics)
+                # All ranks stop after the same iteration, also when only some got the signal.
+                if any_rank(bool(signals)):
                     run.save(metrics)
                     interrupted = True
                     logger.warning("Stopped at iteration %d; continue with --resume", iteration)
@@ -608,12 +779,10 @@ def train(config: RunConfig) -> RunResult:
                 if iteration % config.checkpoint_every == 0 or iteration == total:
                     run.save(metrics)
     finally:
-        progress.close()
-        metrics_log.close()
-        evaluation_log.close()
-        tensorboard.close()
+        if outputs is not None:
+            outputs.close()
 
-    if not interrupted:
+    if not interrupted and run.is_main:
         if config.sample_every:
             run.save_samples()
         run.write_curves()

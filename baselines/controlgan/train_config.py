@@ -10,10 +10,18 @@ from .augment import PADDING_MODES, PaddingMode
 from .gamma import AdaptiveClassificationWeight
 from .losses import GRADIENT_PENALTY_TYPES, GradientPenaltyType
 
-__all__ = ["CLASSIFIER_LR_SCHEDULES", "ClassifierLRSchedule", "TrainConfig"]
+__all__ = [
+    "AMP_MODES",
+    "CLASSIFIER_LR_SCHEDULES",
+    "AmpMode",
+    "ClassifierLRSchedule",
+    "TrainConfig",
+]
 
 ClassifierLRSchedule = Literal["constant", "linear"]
 CLASSIFIER_LR_SCHEDULES: tuple[str, ...] = get_args(ClassifierLRSchedule)
+AmpMode = Literal["auto", "off", "bf16", "fp16"]
+AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -58,6 +66,21 @@ class TrainConfig:
             :func:`augment_images` (*inferred*).
         seed: Seed of the trainer's RNG, which draws z, y, interpolation weights, dequantisation
             noise and augmentations.
+        ema_decay: Decay of an exponential moving average of the generator's weights, kept
+            beside the raw generator for sampling and evaluation, e.g. 0.999. None keeps no
+            average. The ScoreGAN paper did not use one.
+        amp: Mixed precision of the forward passes: ``"bf16"``, ``"fp16"`` (with gradient
+            scaling), ``"off"`` (float32), or ``"auto"``: bf16 on CUDA (fp16 where the GPU has
+            no bf16), off elsewhere. The gradient penalty, the batch score and the losses stay
+            in float32 in every mode.
+        channels_last: Keep the networks, the real batches and the evaluator in channels-last
+            memory format. None turns it on for CUDA only.
+        compile: Run the training forward passes of G, D and C through ``torch.compile``. The
+            gradient penalty's forward pass of D stays eager, because compiled graphs do not
+            support the double backward it needs.
+
+    ``amp``, ``channels_last`` and ``compile`` are speed settings: a resumed run may change
+    them.
     """
 
     batch_size: int = 64
@@ -86,10 +109,19 @@ class TrainConfig:
     augment_max_shift: float = 0.1
     augment_padding: PaddingMode = "reflect"
     seed: int = 0
+    ema_decay: float | None = None
+    amp: AmpMode = "off"
+    channels_last: bool | None = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self._validate_schedule()
         self._validate_losses()
+        _require(
+            self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+            f"ema_decay must lie in (0, 1) or be None, got {self.ema_decay}",
+        )
+        _require(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         _require(
             0.0 <= self.augment_max_shift < 0.5,
             f"augment_max_shift must lie in [0, 0.5), got {self.augment_max_shift}",

@@ -13,13 +13,17 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import parametrize
 
 from score_guidance import ScoreGuidanceLoss, build_evaluator
 
 from .augment import augment_images
 from .checkpoint import CHECKPOINT_FORMAT_VERSION
+from .distributed import all_gather_objects, is_distributed, rank_seed
+from .ema import GeneratorEMA
 from .losses import (
     classification_loss,
     gradient_penalty,
@@ -28,6 +32,7 @@ from .losses import (
 )
 from .networks import Classifier, Discriminator, Generator
 from .sampling import sample_images, sample_labels, sample_latents
+from .speed import Precision, compile_network, resolve_amp_dtype, resolve_channels_last
 from .train_config import TrainConfig
 
 __all__ = [
@@ -48,12 +53,13 @@ _DEQUANTIZATION_STEP = 1.0 / 128.0
 class GuidanceLoss(Protocol):
     """The score-guidance term of the generator loss, e.g. ``score_guidance.ScoreGuidanceLoss``.
 
-    A call returns ``-delta * RIS(fake)`` as a scalar tensor. ``last`` describes the last call
-    with ``fake_score``, ``reference_score`` and ``capped`` fields.
+    A call returns ``-delta * RIS(fake)`` as a scalar tensor. ``last_scores`` holds the
+    detached (fake score, reference score) tensors of the last call, the reference being None
+    when the score is uncapped.
     """
 
     @property
-    def last(self) -> Any: ...
+    def last_scores(self) -> tuple[Tensor, Tensor | None] | None: ...
 
     def __call__(self, fake_images: Tensor, real_images: Tensor) -> Tensor: ...
 
@@ -64,8 +70,12 @@ def build_guidance(
     """Build the score-guidance term that ``config`` describes.
 
     ``evaluator_kwargs`` go to ``score_guidance.build_evaluator``, e.g. ``pretrained=False``
-    or ``checkpoint_path=...``.
+    or ``checkpoint_path=...``. ``channels_last`` defaults to ``config.channels_last`` on
+    ``device``.
     """
+    if "channels_last" not in evaluator_kwargs:
+        target = torch.device(device) if device is not None else torch.device("cpu")
+        evaluator_kwargs["channels_last"] = resolve_channels_last(config.channels_last, target)
     evaluator = build_evaluator(config.evaluator, **evaluator_kwargs)
     guidance = ScoreGuidanceLoss(
         evaluator, weight=config.delta, reference=config.guidance_reference
@@ -142,24 +152,43 @@ class ControlGANTrainer:
 
     The networks must already be on the training device, which the trainer reads from the
     generator. The raw networks stay in :attr:`generator`, :attr:`discriminator` and
-    :attr:`classifier`, which checkpoints and sampling use. Forward passes of training go
-    through :attr:`generator_forward`, :attr:`discriminator_forward` and
-    :attr:`classifier_forward`, which :meth:`wrap_networks` can replace with compiled or
-    distributed wrappers.
+    :attr:`classifier`, which checkpoints and sampling use. The step that updates a network
+    runs it through :attr:`generator_forward`, :attr:`discriminator_forward` or
+    :attr:`classifier_forward`: the network itself, ``torch.compile`` of it with
+    ``config.compile``, and that wrapped in ``DistributedDataParallel`` when distributed.
+    Other steps run a network without the ``DistributedDataParallel`` wrapper: D and C in the
+    generator step, and G without gradients in the discriminator step. So no gradient
+    synchronisation or unused-parameter search starts for weights that a step does not
+    update.
+
+    Mixed precision (``config.amp``) runs the forward passes under ``torch.autocast``. The
+    gradient penalty with its double backward, the batch score and every loss stay in
+    float32. A float16 run scales each network's loss with its own ``torch.amp.GradScaler``.
 
     Every random draw of training comes from :attr:`rng`, a ``torch.Generator`` on the device
-    that ``config.seed`` seeds and :meth:`state_dict` saves. With the same networks, data and
-    seed, two runs on the CPU give bitwise identical weights.
+    that ``config.seed`` seeds and :meth:`state_dict` saves. Each rank of a distributed run
+    seeds it with its own seed (see ``rank_seed``), rank 0 with ``config.seed``. With the same
+    networks, data and seed, two runs on the CPU give bitwise identical weights.
+
+    The guidance's evaluator checks the values of its inputs in the first iteration only,
+    because each check synchronises with the device. That iteration catches real batches in
+    [0, 1] instead of [-1, 1]. Later generator outputs cannot leave the tanh range except as
+    NaN, which the loss check reports.
 
     Args:
         generator, discriminator, classifier: The networks, e.g. from ``build_networks``.
         config: Training hyperparameters.
         guidance: The score-guidance term, required exactly when ``config.score_guidance`` is
-            on (see :func:`build_guidance`). It is not part of the trainer's state.
+            on (see :func:`build_guidance`). It is not part of the trainer's state and is
+            never wrapped in ``DistributedDataParallel``.
+        distributed: Synchronise the networks over the default process group with
+            ``DistributedDataParallel``. None (the default) does so when a process group of
+            more than one rank is initialised.
 
     Raises:
         ValueError: the networks are on different devices or disagree on the number of
-            classes, or ``guidance`` does not match ``config``.
+            classes, ``guidance`` does not match ``config``, or ``distributed`` is True
+            without a process group.
     """
 
     def __init__(
@@ -169,49 +198,75 @@ class ControlGANTrainer:
         classifier: Classifier,
         config: TrainConfig | None = None,
         guidance: GuidanceLoss | None = None,
+        *,
+        distributed: bool | None = None,
     ) -> None:
         config = config or TrainConfig()
         self.config = config
         self.device = generator.device
         self._check_networks(generator, discriminator, classifier)
         self._check_guidance(guidance)
+        self.distributed = is_distributed() if distributed is None else distributed
+        if self.distributed and not is_distributed():
+            raise ValueError(
+                "distributed=True needs an initialised process group of more than one rank; "
+                "start the script with torchrun and call torch.distributed.init_process_group"
+            )
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
 
         self.generator = generator
         self.discriminator = discriminator
         self.classifier = classifier
         self.guidance = guidance
-        self.generator_forward: Callable[..., Tensor] = generator
-        self.discriminator_forward: Callable[..., Tensor] = discriminator
-        self.classifier_forward: Callable[..., Tensor] = classifier
+        self.precision = Precision(
+            resolve_amp_dtype(config.amp, self.device),
+            self.device,
+            ("generator", "discriminator", "classifier"),
+        )
+        self.channels_last = resolve_channels_last(config.channels_last, self.device)
+        if self.channels_last:
+            for network in (generator, discriminator, classifier):
+                network.to(memory_format=torch.channels_last)
         self._generator_parameters = list(generator.parameters())
         self._discriminator_parameters = list(discriminator.parameters())
         self._classifier_parameters = list(classifier.parameters())
 
         # Build the optimisers and learning-rate schedules
-        self.optimizer_g = torch.optim.Adam(
-            self._generator_parameters, lr=config.lr_g, betas=config.betas
+        self.optimizer_g = self._build_adam(self._generator_parameters, config.lr_g, config.betas)
+        self.optimizer_d = self._build_adam(
+            self._discriminator_parameters, config.lr_d, config.betas
         )
-        self.optimizer_d = torch.optim.Adam(
-            self._discriminator_parameters, lr=config.lr_d, betas=config.betas
-        )
-        self.optimizer_c = torch.optim.Adam(
-            self._classifier_parameters, lr=config.lr_c, betas=config.betas_c
+        self.optimizer_c = self._build_adam(
+            self._classifier_parameters, config.lr_c, config.betas_c
         )
         self.scheduler_g = self._build_step_decay(self.optimizer_g)
         self.scheduler_d = self._build_step_decay(self.optimizer_d)
         self.scheduler_c = self._build_classifier_schedule()
 
+        # Route the forward passes through torch.compile and DistributedDataParallel
+        self._build_forwards()
+        self.ema = GeneratorEMA(generator, config.ema_decay) if config.ema_decay else None
+
         self.gamma = config.build_gamma()
         self.rng = torch.Generator(device=self.device)
-        self.rng.manual_seed(config.seed)
+        self.rng.manual_seed(rank_seed(config.seed, self.rank))
         self.iteration = 0
+        self._evaluator_checks_pending = True
         logger.info(
-            "ControlGAN trainer on %s: G %d, D %d, C %d parameters, score guidance %s",
+            "ControlGAN trainer on %s: G %d, D %d, C %d parameters, score guidance %s, "
+            "precision %s, channels-last %s, compile %s, EMA %s, rank %d of %d",
             self.device,
             generator.count_parameters(),
             discriminator.count_parameters(),
             classifier.count_parameters(),
             "on" if guidance is not None else "off",
+            self.precision.dtype or torch.float32,
+            "on" if self.channels_last else "off",
+            "on" if config.compile else "off",
+            config.ema_decay or "off",
+            self.rank,
+            self.world_size,
         )
 
     def _check_networks(
@@ -247,6 +302,14 @@ class ControlGANTrainer:
                 f"{self.config.delta}; build the guidance with weight=config.delta"
             )
 
+    def _build_adam(
+        self, parameters: list[nn.Parameter], lr: float, betas: tuple[float, float]
+    ) -> torch.optim.Adam:
+        # The fused CUDA kernel updates all parameters at once and takes a float16 run's
+        # gradient scale on the device, so GradScaler.step does not synchronise.
+        fused = True if self.device.type == "cuda" else None
+        return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=fused)
+
     def _build_step_decay(
         self, optimizer: torch.optim.Optimizer
     ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -263,17 +326,56 @@ class ControlGANTrainer:
             )
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer_c, lambda step: 1.0)
 
-    def wrap_networks(self, wrap: Callable[[nn.Module], Callable[..., Tensor]]) -> None:
-        """Route training forward passes through ``wrap(network)``, e.g. ``torch.compile``.
+    def _build_forwards(self) -> None:
+        networks = {
+            "generator": self.generator,
+            "discriminator": self.discriminator,
+            "classifier": self.classifier,
+        }
+        plain: dict[str, Callable[..., Tensor]] = dict(networks)
+        if self.config.compile:
+            plain = {name: compile_network(network) for name, network in networks.items()}
+        updating = dict(plain)
+        # NOTE: compile together with DistributedDataParallel is untested, and so is
+        # DistributedDataParallel on CUDA with NCCL. The tests run gloo on the CPU.
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            for name, forward in plain.items():
+                # By default the wrapper broadcasts rank 0's buffers (spectral norm's vectors,
+                # cBN's running statistics) to every rank before each forward pass through it.
+                updating[name] = DistributedDataParallel(forward, device_ids=device_ids)
+        self.generator_forward: Callable[..., Tensor] = updating["generator"]
+        self.discriminator_forward: Callable[..., Tensor] = updating["discriminator"]
+        self.classifier_forward: Callable[..., Tensor] = updating["classifier"]
+        self._passthrough_forwards = plain
+        # Compiled graphs have no double backward, so the gradient penalty runs D eagerly.
+        self._penalty_forward: Callable[..., Tensor] = self.discriminator
 
-        The raw networks, their parameters, the optimisers and checkpoints are unchanged.
+    def wrap_networks(self, wrap: Callable[[nn.Module], Callable[..., Tensor]]) -> None:
+        """Route every training forward pass through ``wrap(network)``.
+
+        ``wrap`` replaces the forwards that ``config.compile`` set up, including the gradient
+        penalty's forward pass of D. The raw networks, their parameters, the optimisers and
+        checkpoints are unchanged.
+
+        Raises:
+            ValueError: the trainer is distributed, because the wrappers would replace the
+                ``DistributedDataParallel`` ones.
         """
-        # NOTE: untested with DistributedDataParallel. The generator step runs D and C forward
-        # without a backward into their weights, which DDP reports as unfinished reduction
-        # unless that call bypasses the wrapper or runs under no_sync().
+        if self.distributed:
+            raise ValueError(
+                "wrap_networks would replace the DistributedDataParallel wrappers of a "
+                "distributed trainer; use config.compile for torch.compile instead"
+            )
         self.generator_forward = wrap(self.generator)
         self.discriminator_forward = wrap(self.discriminator)
         self.classifier_forward = wrap(self.classifier)
+        self._passthrough_forwards = {
+            "generator": self.generator_forward,
+            "discriminator": self.discriminator_forward,
+            "classifier": self.classifier_forward,
+        }
+        self._penalty_forward = self.discriminator_forward
 
     # Draw random inputs
 
@@ -303,6 +405,8 @@ class ControlGANTrainer:
             )
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return images, labels
 
     def _dequantize(self, images: Tensor) -> Tensor:
@@ -317,17 +421,22 @@ class ControlGANTrainer:
         The guidance module returns the last term with its sign and delta. Without score
         guidance that term is 0 and L_G is ControlGAN's generator loss. ``real_images`` is the
         real batch whose evaluator score caps RIS, with the batch size of ``z``.
+
+        D and C run without their ``DistributedDataParallel`` wrappers, because this loss
+        updates only G. Every term is a float32 scalar, also under mixed precision.
         """
-        fake_images = self.generator_forward(z, y)
         gamma = self.gamma.value
+        with self.precision.autocast():
+            fake_images = self.generator_forward(z, y)
+            fake_logits = self._passthrough_forwards["discriminator"](fake_images)
+            class_logits = self._passthrough_forwards["classifier"](fake_images)
+            if self.guidance is None:
+                guidance = torch.zeros((), device=self.device)
+            else:
+                guidance = self.guidance(fake_images, real_images)
 
-        adversarial = hinge_generator_loss(self.discriminator_forward(fake_images))
-        classification = classification_loss(self.classifier_forward(fake_images), y)
-        if self.guidance is None:
-            guidance = torch.zeros((), device=self.device)
-        else:
-            guidance = self.guidance(fake_images, real_images)
-
+        adversarial = hinge_generator_loss(fake_logits.float())
+        classification = classification_loss(class_logits.float(), y)
         total = adversarial + gamma * classification + guidance
         return GeneratorLossTerms(total, adversarial, classification, guidance, gamma)
 
@@ -335,38 +444,46 @@ class ControlGANTrainer:
         if self.config.dequantize:
             real_images = self._dequantize(real_images)
         z, y = self.sample_latents(real_images.shape[0])
-        with torch.no_grad():
-            fake_images = self.generator_forward(z, y)
+        with torch.no_grad(), self.precision.autocast():
+            fake_images = self._passthrough_forwards["generator"](z, y)
+        # Under autocast G returns bfloat16 or float16 images, and the penalty needs float32.
+        fake_images = fake_images.to(real_images.dtype)
 
         # Compute the spectral-normalised weights once, so that the hinge loss and the gradient
         # penalty see the same weights and spectral norm runs one power iteration per step.
         with parametrize.cached():
-            logits = self.discriminator_forward(torch.cat([real_images, fake_images]))
-            real_logits, fake_logits = logits.chunk(2)
+            with self.precision.autocast():
+                logits = self.discriminator_forward(torch.cat([real_images, fake_images]))
+            real_logits, fake_logits = logits.float().chunk(2)
             loss = hinge_discriminator_loss(real_logits, fake_logits)
             if self.config.gp_weight > 0:
-                penalty = gradient_penalty(
-                    self.discriminator_forward,
-                    real_images,
-                    fake_images,
-                    gp_type=self.config.gp_type,
-                    generator=self.rng,
-                )
+                # D runs eagerly, because compiled graphs have no double backward, and in
+                # float32, so that gradient norms near 1 keep their precision.
+                with self.precision.full_precision():
+                    penalty = gradient_penalty(
+                        self._penalty_forward,
+                        real_images,
+                        fake_images,
+                        gp_type=self.config.gp_type,
+                        generator=self.rng,
+                    )
                 loss = loss + self.config.gp_weight * penalty
             else:
                 penalty = torch.zeros((), device=self.device)
 
-        self.optimizer_d.zero_grad(set_to_none=True)
-        loss.backward(inputs=self._discriminator_parameters)
-        self.optimizer_d.step()
+        self.precision.backward_and_step(
+            "discriminator", loss, self.optimizer_d, self._discriminator_parameters
+        )
         return loss.detach(), penalty.detach()
 
     def _generator_step(self, z: Tensor, y: Tensor, real_images: Tensor) -> GeneratorLossTerms:
         terms = self.generator_loss(z, y, real_images)
-        self.optimizer_g.zero_grad(set_to_none=True)
         # Only the generator's gradients are computed: D and C stay untouched by this step.
-        terms.total.backward(inputs=self._generator_parameters)
-        self.optimizer_g.step()
+        self.precision.backward_and_step(
+            "generator", terms.total, self.optimizer_g, self._generator_parameters
+        )
+        if self.ema is not None:
+            self.ema.update(self.generator)
         return terms
 
     def _classifier_step(self, real_images: Tensor, real_labels: Tensor) -> Tensor:
@@ -377,10 +494,14 @@ class ControlGANTrainer:
             padding=self.config.augment_padding,
             generator=self.rng,
         )
-        loss = classification_loss(self.classifier_forward(augmented), real_labels)
-        self.optimizer_c.zero_grad(set_to_none=True)
-        loss.backward(inputs=self._classifier_parameters)
-        self.optimizer_c.step()
+        if self.channels_last:
+            augmented = augmented.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            logits = self.classifier_forward(augmented)
+        loss = classification_loss(logits.float(), real_labels)
+        self.precision.backward_and_step(
+            "classifier", loss, self.optimizer_c, self._classifier_parameters
+        )
         return loss.detach()
 
     def train_step(self, data: Iterator[tuple[Tensor, Tensor]]) -> dict[str, float]:
@@ -408,6 +529,10 @@ class ControlGANTrainer:
             - ``lr_g``, ``lr_d`` and ``lr_c`` used in this iteration.
             - With score guidance: ``guidance_term``, ``guidance_fake_score``,
               ``guidance_reference_score`` and ``guidance_capped`` (1.0 or 0.0).
+
+            In a distributed run the losses and scores are means over ranks, the same on
+            every rank, and ``guidance_capped`` is the fraction of ranks whose term was
+            capped.
 
         Raises:
             NonFiniteLossError: a loss is NaN or infinite. gamma, the schedules and
@@ -444,6 +569,8 @@ class ControlGANTrainer:
         for scheduler in (self.scheduler_g, self.scheduler_d, self.scheduler_c):
             scheduler.step()
         self.iteration = iteration
+        if self._evaluator_checks_pending:
+            self._stop_evaluator_checks()
         return metrics
 
     def _collect_metrics(
@@ -454,28 +581,25 @@ class ControlGANTrainer:
         loss_c: Tensor,
         iteration: int,
     ) -> dict[str, float]:
-        # Read the losses with one device synchronisation. Reading guidance.last adds its own.
-        names = [
-            "loss_d",
-            "gp",
-            "loss_g",
-            "loss_g_adversarial",
-            "class_loss_fake",
-            "loss_c",
-        ]
-        values = [
-            loss_d,
-            penalty,
-            terms.total.detach(),
-            terms.adversarial.detach(),
-            terms.classification.detach(),
-            loss_c,
-        ]
+        # Read the losses and scores with one device synchronisation, after one all-reduce
+        # when distributed.
+        values = {
+            "loss_d": loss_d,
+            "gp": penalty,
+            "loss_g": terms.total.detach(),
+            "loss_g_adversarial": terms.adversarial.detach(),
+            "class_loss_fake": terms.classification.detach(),
+            "loss_c": loss_c,
+        }
         if self.guidance is not None:
-            names.append("guidance_term")
-            values.append(terms.guidance.detach())
-        stacked = torch.stack([value.float() for value in values])
-        metrics = dict(zip(names, stacked.tolist(), strict=True))
+            values["guidance_term"] = terms.guidance.detach()
+            values.update(self._guidance_scores())
+        stacked = torch.stack([value.float() for value in values.values()])
+        if self.distributed:
+            # Sum and divide, because gloo has no averaging all-reduce.
+            dist.all_reduce(stacked)
+            stacked /= self.world_size
+        metrics = dict(zip(values, stacked.tolist(), strict=True))
         for name in _FINITE_CHECK_ORDER:
             if name in metrics and not math.isfinite(metrics[name]):
                 raise NonFiniteLossError(name, metrics[name], iteration)
@@ -485,12 +609,32 @@ class ControlGANTrainer:
         metrics["lr_g"] = self.optimizer_g.param_groups[0]["lr"]
         metrics["lr_d"] = self.optimizer_d.param_groups[0]["lr"]
         metrics["lr_c"] = self.optimizer_c.param_groups[0]["lr"]
-        if self.guidance is not None:
-            stats = self.guidance.last
-            metrics["guidance_fake_score"] = float(stats.fake_score)
-            metrics["guidance_reference_score"] = float(stats.reference_score)
-            metrics["guidance_capped"] = float(stats.capped)
         return metrics
+
+    def _guidance_scores(self) -> dict[str, Tensor]:
+        scores = self.guidance.last_scores  # type: ignore[union-attr]
+        if scores is None:
+            raise RuntimeError("the guidance module recorded no scores in the generator step")
+        fake_score, reference_score = scores
+        if reference_score is None:
+            # Uncapped: there is no reference, and the term is never capped.
+            reference_score = torch.full_like(fake_score, math.nan)
+            capped = torch.zeros_like(fake_score)
+        else:
+            capped = (fake_score >= reference_score).to(fake_score.dtype)
+        return {
+            "guidance_fake_score": fake_score,
+            "guidance_reference_score": reference_score,
+            "guidance_capped": capped,
+        }
+
+    def _stop_evaluator_checks(self) -> None:
+        # The first iteration has checked the real and fake batches' shapes and ranges.
+        self._evaluator_checks_pending = False
+        evaluator = getattr(self.guidance, "evaluator", None)
+        if getattr(evaluator, "validate_inputs", False):
+            evaluator.validate_inputs = False  # type: ignore[union-attr]
+            logger.debug("The evaluator checked the first iteration's inputs; checks now off")
 
     # Generate images for evaluation
 
@@ -502,6 +646,7 @@ class ControlGANTrainer:
         eval_mode: bool = True,
         batch_size: int | None = None,
         seed: int = 0,
+        use_ema: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Generate ``num_samples`` images and return them with their labels.
 
@@ -510,7 +655,15 @@ class ControlGANTrainer:
         the same seed gives the same z at every checkpoint. ``eval_mode=True`` (the default)
         makes cBN use running statistics. False makes it use the statistics of each batch of
         ``batch_size`` images (default ``config.batch_size``). See :func:`sample_images`.
+        ``use_ema=True`` samples from the moving average of the generator's weights.
+
+        Raises:
+            ValueError: ``use_ema`` is set but ``config.ema_decay`` is None, or ``labels`` has
+                the wrong shape.
         """
+        if use_ema and self.ema is None:
+            raise ValueError("use_ema=True needs a moving average: set TrainConfig.ema_decay")
+        generator = self.ema.generator if use_ema else self.generator  # type: ignore[union-attr]
         rng = torch.Generator(device=self.device)
         rng.manual_seed(seed)
         if labels is None:
@@ -520,7 +673,7 @@ class ControlGANTrainer:
         elif labels.shape != (num_samples,):
             raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
         images = sample_images(
-            self.generator,
+            generator,
             labels,
             batch_size=batch_size or self.config.batch_size,
             eval_mode=eval_mode,
@@ -533,10 +686,16 @@ class ControlGANTrainer:
     def state_dict(self) -> dict[str, Any]:
         """Return the training state: networks, optimisers, schedules, gamma, RNG, iteration.
 
-        The evaluator of the guidance module is not included. Store the result with
-        ``save_checkpoint``, whose file ``load_generator`` reads.
+        Also the moving average of the generator (``generator_ema``) when there is one, and
+        the gradient scalers of a float16 run. The evaluator of the guidance module is not
+        included. Store the result with ``save_checkpoint``, whose file ``load_generator``
+        reads.
+
+        The networks are the raw ones, so the state loads on any number of ranks. In a
+        distributed run this is a collective, to be called on every rank. ``rng`` is this
+        rank's RNG state, and ``rank_rngs`` contains those of all ranks, ordered by rank.
         """
-        return {
+        state = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "iteration": self.iteration,
             "train_config": dataclasses.asdict(self.config),
@@ -551,13 +710,23 @@ class ControlGANTrainer:
             "scheduler_c": self.scheduler_c.state_dict(),
             "gamma": self.gamma.state_dict(),
             "rng": self.rng.get_state(),
+            "grad_scalers": self.precision.state_dict(),
         }
+        if self.ema is not None:
+            state["generator_ema"] = self.ema.checkpoint_entry()
+        if self.distributed:
+            state["rank_rngs"] = all_gather_objects(self.rng.get_state())
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`, so that training continues exactly where it stopped.
 
         The learning-rate schedules continue as saved. This trainer keeps its own config and
-        ignores the saved ``train_config``.
+        ignores the saved ``train_config``. A state without a moving average of the generator
+        starts the average at the loaded generator.
+
+        Each rank takes its own RNG state from ``rank_rngs``. A rank that the saved run did
+        not have gets a new seed from ``config.seed``, its rank and the iteration.
 
         Raises:
             ValueError: ``state`` has another format version, lacks an entry, or contains
@@ -586,13 +755,37 @@ class ControlGANTrainer:
                 )
             network.load_state_dict(state[name]["state_dict"])
 
-        self.optimizer_g.load_state_dict(state["optimizer_g"])
-        self.optimizer_d.load_state_dict(state["optimizer_d"])
-        self.optimizer_c.load_state_dict(state["optimizer_c"])
+        if self.ema is not None:
+            if "generator_ema" in state:
+                self.ema.load_checkpoint_entry(state["generator_ema"])
+            else:
+                logger.warning("The state has no moving average; starting it at the generator")
+                self.ema.copy_from(self.generator)
+
+        for optimizer, key in (
+            (self.optimizer_g, "optimizer_g"),
+            (self.optimizer_d, "optimizer_d"),
+            (self.optimizer_c, "optimizer_c"),
+        ):
+            fused = [group["fused"] for group in optimizer.param_groups]
+            optimizer.load_state_dict(state[key])
+            # A state saved on another device type keeps this device's Adam implementation.
+            for group, setting in zip(optimizer.param_groups, fused, strict=True):
+                group["fused"] = setting
         self.scheduler_g.load_state_dict(state["scheduler_g"])
         self.scheduler_d.load_state_dict(state["scheduler_d"])
         self.scheduler_c.load_state_dict(state["scheduler_c"])
+        self.precision.load_state_dict(state.get("grad_scalers", {}))
         self.gamma.load_state_dict(state["gamma"])
-        self.rng.set_state(state["rng"].cpu())
         self.iteration = int(state["iteration"])
+        self._load_rng(state)
         logger.info("Restored trainer state at iteration %d", self.iteration)
+
+    def _load_rng(self, state: Mapping[str, Any]) -> None:
+        rank_states = state.get("rank_rngs") or [state["rng"]]
+        if self.rank < len(rank_states):
+            self.rng.set_state(rank_states[self.rank].cpu())
+            return
+        seed = rank_seed(self.config.seed, self.rank, iteration=self.iteration)
+        logger.info("The state has no RNG state of rank %d; seeding it with %d", self.rank, seed)
+        self.rng.manual_seed(seed)

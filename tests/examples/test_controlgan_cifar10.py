@@ -325,3 +325,36 @@ def test_evaluation_without_inception_weights_warns_once(image_folder, tmp_path,
 def test_missing_fid_stats_file_fails_at_start(image_folder, tmp_path, capsys):
     assert _run(image_folder, tmp_path / "run", "--fid-stats", str(tmp_path / "none.npz")) == 2
     assert "--fid-stats" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--checkpoint-every", "0"), ("--keep-checkpoints", "0"), ("--eval-every", "-1")],
+)
+def test_invalid_periods_are_rejected(image_folder, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(image_folder, tmp_path / "run", flag, value)
+    assert exit_info.value.code == 2
+    assert flag.removeprefix("--").replace("-", "_") in capsys.readouterr().err
+
+
+def test_resume_past_iterations_fails(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(image_folder, out, "--iterations", "4", "--checkpoint-every", "2") == 0
+    assert _run(image_folder, out, "--iterations", "2", "--resume") == 2
+    assert "past --iterations 2" in capsys.readouterr().err
+
+
+def test_out_below_a_file_fails_clearly(image_folder, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert _run(image_folder, blocker / "run") == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_local_data_error_has_no_network_hint(tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "data", classes=1, per_class=2)
+    assert _run(folder, tmp_path / "run", "--num-classes", "2") == 2
+    message = capsys.readouterr().err
+    assert "at least 2 class" in message
+    assert "without network" not in message
