@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument(
         "--inception-weights", type=Path, help="local pt_inception-2015-12-05 weights file"
     )
+    outputs.add_argument(
+        "--judge",
+        help="evaluate with this evaluator (e.g. timm:resnet18) instead of Inception; "
+        "--fid-stats must then come from the same judge",
+    )
+    outputs.add_argument("--judge-weights", type=Path, help="local weights file of --judge")
     outputs.add_argument("--sample-every", type=int, help="iterations between sample grids")
     outputs.add_argument(
         "--sample-batch-statistics",
@@ -230,8 +236,8 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
     for key in (
         "data_dir", "image_size", "limit_images", "num_workers", "device", "seed", "resume",
         "evaluator_weights", "evaluator_image_size", "eval_every", "eval_samples", "fid_stats",
-        "inception_weights", "sample_every", "checkpoint_every", "keep_checkpoints",
-        "log_every", "deterministic",
+        "inception_weights", "judge", "judge_weights", "sample_every", "checkpoint_every",
+        "keep_checkpoints", "log_every", "deterministic",
     ):  # fmt: skip
         value = getattr(args, key)
         if value is not None and value is not False:

@@ -78,6 +78,8 @@ _RESUMABLE_SETTINGS = frozenset(
         "eval_samples",
         "fid_stats",
         "inception_weights",
+        "judge",
+        "judge_weights",
         "sample_every",
         "checkpoint_every",
         "keep_checkpoints",
@@ -113,6 +115,8 @@ class RunConfig:
             evaluator is built (``checkpoint_path``, ``pretrained`` and ``image_size``).
         eval_every, eval_samples: Evaluation period in iterations (0 disables) and sample count.
         fid_stats, inception_weights: FID reference statistics and local Inception weights.
+        judge, judge_weights: Evaluate with this evaluator spec (and local weights file) in
+            place of the Inception network; ``fid_stats`` must then hold the judge's features.
         sample_every, sample_batch_statistics: Grid period, and whether cBN samples with batch
             statistics (True) or running statistics (False) for grids and evaluation.
         checkpoint_every, keep_checkpoints: Checkpoint period and how many files are kept.
@@ -139,6 +143,8 @@ class RunConfig:
     eval_samples: int = 10_000
     fid_stats: Path | None = None
     inception_weights: Path | None = None
+    judge: str | None = None
+    judge_weights: Path | None = None
     sample_every: int = 1000
     sample_batch_statistics: bool = False
     checkpoint_every: int = 1000
@@ -156,6 +162,11 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
+        if self.judge_weights is not None and self.judge is None:
+            raise ValueError(
+                f"judge_weights={str(self.judge_weights)!r} needs judge, the evaluator spec of "
+                "that file, e.g. judge='timm:resnet18' (--judge timm:resnet18)"
+            )
 
     def settings(self) -> dict[str, Any]:
         """Return the settings as a flat JSON-compatible dict (``network.*`` and ``train.*``)."""
@@ -329,6 +340,7 @@ class _Run:
             ("--fid-stats", self.config.fid_stats),
             ("--inception-weights", self.config.inception_weights),
             ("--evaluator-weights", self.config.evaluator_weights),
+            ("--judge-weights", self.config.judge_weights),
         ):
             if path is not None and not Path(path).is_file():
                 raise RunSetupError(f"{flag} {path} not found; pass the path of an existing file")
@@ -524,10 +536,11 @@ class _Run:
     def evaluate(self) -> dict[str, float] | None:
         """Return Inception score and FID of the generator, or None when evaluation is off.
 
-        Evaluation needs ``fid_stats`` and the Inception weights; without either it is
-        switched off for the rest of the run with one warning.
+        Evaluation needs ``fid_stats`` and the Inception weights (or the judge's); without
+        either it is switched off for the rest of the run with one warning. With a judge, the
+        score and the distance use the judge's probabilities and features.
         """
-        from score_guidance import metrics
+        from score_guidance import PretrainedWeightsUnavailableError, metrics
 
         config = self.config
         if self._evaluation_off:
@@ -536,8 +549,13 @@ class _Run:
             return self._switch_off_evaluation("no FID reference statistics (pass --fid-stats)")
         if self._inception is None:
             try:
-                self._inception = metrics.load_inception(config.inception_weights, self.device)
-            except FileNotFoundError as error:
+                if config.judge is not None:
+                    self._inception = metrics.load_judge(
+                        config.judge, config.judge_weights, self.device
+                    )
+                else:
+                    self._inception = metrics.load_inception(config.inception_weights, self.device)
+            except (FileNotFoundError, PretrainedWeightsUnavailableError) as error:
                 return self._switch_off_evaluation(str(error))
 
         generator = self.trainer.generator

@@ -2,7 +2,8 @@
 
 The network is pytorch-gan-metrics' FID Inception (``pt_inception-2015-12-05``, 1008 classes).
 Unlike that library, this module loads the weights from a local file, runs on any device
-including the CPU, streams generated images, and checks its inputs. See ``docs/metrics.md``.
+including the CPU, streams generated images, and checks its inputs. Any ``Evaluator`` can replace
+the Inception network as the judge (``load_judge``). See ``docs/metrics.md``.
 """
 
 from ._compute import (
@@ -18,6 +19,7 @@ from ._inception import (
     InceptionFeatureExtractor,
     load_inception,
 )
+from ._judge import EvaluatorFeatureExtractor, load_judge
 from ._statistics import (
     ReferenceStatistics,
     UnreliableMetricWarning,
@@ -29,6 +31,7 @@ from ._statistics import (
 __all__ = [
     "INCEPTION_WEIGHTS_ENV",
     "INCEPTION_WEIGHTS_FILENAME",
+    "EvaluatorFeatureExtractor",
     "FeatureExtractor",
     "GeneratedImages",
     "InceptionFeatureExtractor",
@@ -41,5 +44,6 @@ __all__ = [
     "inception_score_and_fid",
     "inception_score_from_probabilities",
     "load_inception",
+    "load_judge",
     "load_reference_statistics",
 ]

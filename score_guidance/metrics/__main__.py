@@ -22,7 +22,13 @@ from torch import Tensor
 
 from ._compute import _load_reference, evaluate_batches, statistics_of_batches
 from ._generate import generate_images
-from ._inception import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILENAME, load_inception
+from ._inception import (
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_FILENAME,
+    FeatureExtractor,
+    load_inception,
+)
+from ._judge import load_judge
 from ._sources import ImageBatches, ImageSource
 from ._statistics import save_reference_statistics
 
@@ -68,6 +74,19 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"local {INCEPTION_WEIGHTS_FILENAME} file (default: ${INCEPTION_WEIGHTS_ENV}, "
         "then the torch hub cache, then a download)",
+    )
+    parser.add_argument(
+        "--judge",
+        default=None,
+        metavar="SPEC",
+        help="judge with this evaluator instead of Inception, e.g. timm:resnet18: its softmax "
+        "for the score and its penultimate features for the distance",
+    )
+    parser.add_argument(
+        "--judge-weights",
+        type=Path,
+        default=None,
+        help="local weights file of --judge, e.g. from python -m score_guidance.train_evaluator",
     )
     parser.add_argument(
         "--no-download",
@@ -297,6 +316,18 @@ def _write_json(path: Path, result: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _load_feature_extractor(args: argparse.Namespace, device: torch.device) -> FeatureExtractor:
+    if args.judge is None:
+        if args.judge_weights is not None:
+            raise CommandError("--judge-weights needs --judge SPEC, the judge's architecture")
+        return load_inception(args.inception_weights, device, allow_download=not args.no_download)
+    if args.inception_weights is not None:
+        raise CommandError("pass either --judge or --inception-weights, not both")
+    if args.judge_weights is None and args.no_download:
+        raise CommandError(f"--no-download needs --judge-weights PATH for --judge {args.judge}")
+    return load_judge(args.judge, args.judge_weights, device)
+
+
 def run_stats(args: argparse.Namespace) -> dict[str, Any]:
     """Compute and save reference statistics; return the JSON result."""
     device = torch.device(args.device)
@@ -304,7 +335,7 @@ def run_stats(args: argparse.Namespace) -> dict[str, Any]:
     batches = ImageBatches(
         source, args.batch_size, num_images=args.num_images, num_workers=args.num_workers
     )
-    extractor = load_inception(args.inception_weights, device, allow_download=not args.no_download)
+    extractor = _load_feature_extractor(args, device)
     statistics, num_images = statistics_of_batches(
         batches, extractor, progress=not args.no_progress
     )
@@ -315,6 +346,7 @@ def run_stats(args: argparse.Namespace) -> dict[str, Any]:
         "command": "stats",
         "source": str(args.source),
         "output": str(output),
+        "judge": args.judge or "inception",
         "num_images": num_images,
         "feature_dim": feature_dim,
     }
@@ -332,14 +364,14 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(
             f"--splits {args.splits} needs at least {args.splits} images, got {batches.num_images}"
         )
-    extractor = load_inception(args.inception_weights, device, allow_download=not args.no_download)
+    extractor = _load_feature_extractor(args, device)
     result, num_images = evaluate_batches(
         batches, extractor, reference, args.splits, progress=not args.no_progress
     )
     print(
         f"IS {result.inception_score:.4f} +/- {result.inception_score_std:.4f}  "
         f"FID {result.fid:.4f}  ({num_images} images, {args.splits} splits, "
-        f"reference {args.reference})"
+        f"reference {args.reference}, judge {args.judge or 'Inception'})"
     )
     return {
         "command": "eval",
@@ -347,6 +379,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "reference": str(args.reference),
         "num_images": num_images,
         "splits": args.splits,
+        "judge": args.judge or "inception",
         "inception_score": result.inception_score,
         "inception_score_std": result.inception_score_std,
         "fid": result.fid,

@@ -284,6 +284,43 @@ def test_evaluation_runs_with_judge_and_writes_curves(image_folder, tmp_path, mo
     assert (out / "curves.png").stat().st_size > 0
 
 
+def test_judge_flags_evaluate_with_a_trained_judge_file(image_folder, tmp_path):
+    import timm
+
+    from score_guidance import metrics
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv2_050", pretrained=False, num_classes=3)
+    judge_weights = tmp_path / "judge.pth"
+    data_config = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 32, 32)}
+    data_config["num_classes"] = 3
+    torch.save({"state_dict": model.state_dict(), "data_config": data_config}, judge_weights)
+    judge = metrics.load_judge("timm:mobilenetv2_050", judge_weights)
+    stats = tmp_path / "judge_stats.npz"
+    metrics.compute_reference_statistics(image_folder, stats, feature_extractor=judge)
+    out = tmp_path / "run"
+
+    code = _run(image_folder, out, "--iterations", "2", "--eval-every", "2",
+                "--eval-samples", "20", "--fid-stats", str(stats),
+                "--judge", "timm:mobilenetv2_050", "--judge-weights", str(judge_weights))  # fmt: skip
+
+    assert code == 0
+    rows = _read_csv(out / "evaluation.csv")
+    assert [int(row["iteration"]) for row in rows] == [2]
+    assert 1.0 <= float(rows[0]["inception_score"]) <= 2.0 + 1e-6  # 2 images per split
+    assert float(rows[0]["fid"]) > 0
+
+
+def test_judge_weights_without_judge_fails(image_folder, tmp_path, capsys):
+    weights = tmp_path / "judge.pth"
+    weights.write_bytes(b"")
+
+    with pytest.raises(SystemExit) as exit_info:
+        _run(image_folder, tmp_path / "run", "--judge-weights", str(weights))
+    assert exit_info.value.code == 2
+    assert "needs judge" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_periodic_evaluation_writes_scores_and_curves(image_folder, tmp_path):
     from score_guidance.metrics import compute_reference_statistics
