@@ -506,6 +506,9 @@ class _Run:
         self.last_checkpoint = save_checkpoint(state, path)
         for old in find_checkpoints(self.out)[: -self.config.keep_checkpoints]:
             old.unlink()
+        # Remove files of saves that a crash interrupted; only rank 0 writes here.
+        for leftover in (self.out / "checkpoints").glob(_CHECKPOINT_PATTERN + ".partial"):
+            leftover.unlink(missing_ok=True)
         return path
 
     def save_samples(self) -> list[Path]:

@@ -96,6 +96,21 @@ def test_resume_matches_uninterrupted_run(image_folder, tmp_path):
     assert [int(float(row["iteration"])) for row in rows] == list(range(1, 9))
 
 
+def test_resume_removes_the_file_of_an_interrupted_save(image_folder, tmp_path):
+    out = tmp_path / "run"
+    assert _run(image_folder, out, "--iterations", "4", "--checkpoint-every", "4") == 0
+    orphan = out / "checkpoints" / "checkpoint_0000006.pt.partial"
+    orphan.write_bytes(b"half a checkpoint")
+
+    assert _run(image_folder, out, "--iterations", "8", "--checkpoint-every", "4", "--resume") == 0
+
+    assert not orphan.exists()
+    assert [path.name for path in find_checkpoints(out)] == [
+        "checkpoint_0000004.pt",
+        "checkpoint_0000008.pt",
+    ]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "text"])
 def test_corrupted_checkpoint_falls_back(image_folder, tmp_path, caplog, damage):
     out = tmp_path / "run"
