@@ -8,8 +8,9 @@ another judges.
 2. Compute the judge's feature statistics of the ``test`` folder.
 3. For each seed, train ControlGAN and ScoreGAN with ``examples/controlgan_cifar10.py`` (the
    ``quick`` preset, the trainer unchanged) with the same seed, data order and budget. All runs
-   start at once, one thread each, so that machine load affects every arm alike. Every ``--eval-every`` iterations each run measures, with the judge only, the score
-   and the Fréchet distance of its samples against the test statistics.
+   start at once, one thread each, so that machine load affects every arm alike. Every
+   ``--eval-every`` iterations each run measures, with the judge only, the score and the
+   Fréchet distance of its samples against the test statistics.
 4. Collect ``study.csv``, ``curves.png`` (both arms, mean and range over seeds), ``grids.png``
    (the final sample grids side by side) and ``results.md`` (the table for docs/cpu-study.md).
 
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import itertools
+import json
 import logging
 import os
 import platform
