@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Settings that change what the study measures; a rerun in the same --out must keep them.
+_FIXED_SETTINGS = (
+    "data_dir", "seeds", "preset", "eval_every", "eval_samples", "delta", "guide", "judge",
+    "evaluator_image_size", "evaluator_epochs", "evaluator_images",
+)  # fmt: skip
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Record the settings on the first run and reject a rerun that changes them."""
+    path = args.out / "study_settings.json"
+    current = {name: str(getattr(args, name)) for name in _FIXED_SETTINGS}
+    if not path.is_file():
+        path.write_text(json.dumps(current, indent=2) + "\n")
+        return
+    saved = json.loads(path.read_text())
+    changed = [name for name in _FIXED_SETTINGS if saved.get(name) != current[name]]
+    if changed:
+        details = ", ".join(f"{name} {saved.get(name)} -> {current[name]}" for name in changed)
+        raise ValueError(
+            f"{args.out} contains a study with other settings ({details}); rerun with the "
+            "saved settings to resume it, or choose another --out"
+        )
+
+
 def _environment(threads: int) -> dict[str, str]:
     environment = dict(os.environ)
     environment.update(
@@ -87,9 +112,21 @@ def _environment(threads: int) -> dict[str, str]:
     return environment
 
 
+class StudyInterrupted(Exception):
+    """SIGINT or SIGTERM reached the study; its runs saved their state and stopped."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise StudyInterrupted(signal.Signals(signum).name)
+
+
 def _run_together(commands: list[list[str]], logs: list[Path], threads: int) -> None:
-    """Run ``commands`` at the same time; raise if one of them fails."""
-    processes = []
+    """Run ``commands`` at the same time; raise if one of them fails.
+
+    On SIGINT or SIGTERM every command gets SIGINT, which makes the training commands save a
+    checkpoint and exit, and the study waits for them before it stops.
+    """
+    processes: list[subprocess.Popen[bytes]] = []
     for command, log in zip(commands, logs, strict=True):
         log.parent.mkdir(parents=True, exist_ok=True)
         logger.info("Running %s (log: %s)", " ".join(command[1:4]), log)
@@ -99,7 +136,17 @@ def _run_together(commands: list[list[str]], logs: list[Path], threads: int) -> 
                     command, stdout=file, stderr=subprocess.STDOUT, env=_environment(threads)
                 )
             )
-    failed = [(log, process.wait()) for log, process in zip(logs, processes, strict=True)]
+    try:
+        codes = [process.wait() for process in processes]
+    except (KeyboardInterrupt, StudyInterrupted):
+        logger.info("Stopping: each run saves its state, then the study exits")
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            process.wait()
+        raise StudyInterrupted("interrupted") from None
+    failed = list(zip(logs, codes, strict=True))
     failed = [(log, code) for log, code in failed if code != 0]
     if failed:
         details = ", ".join(f"{log} (exit {code})" for log, code in failed)
@@ -218,6 +265,8 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     for seed in args.seeds:
         for arm in ARMS:
             for row in _read_csv(args.out / f"seed{seed}-{arm}" / "evaluation.csv"):
+                if int(row["iteration"]) > args.iterations:
+                    continue
                 rows.append(
                     {
                         "arm": arm,
@@ -271,8 +320,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def side_by_side_grids(args: argparse.Namespace, path: Path) -> None:
-    """Put the final sample grid of each arm (first seed) side by side, with titles."""
+def side_by_side_grids(args: argparse.Namespace, path: Path, iteration: int) -> None:
+    """Put the sample grids of each arm (first seed) at ``iteration`` side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,9 +331,8 @@ def side_by_side_grids(args: argparse.Namespace, path: Path) -> None:
     seed = args.seeds[0]
     figure, axes = plt.subplots(1, len(ARMS), figsize=(6 * len(ARMS), 6))
     for axis, arm in zip(axes, ARMS, strict=True):
-        grids = sorted((args.out / f"seed{seed}-{arm}" / "samples").glob("samples_*.png"))
-        axis.imshow(matplotlib.image.imread(grids[-1]))
-        iteration = int(grids[-1].stem.rsplit("_", 1)[1])
+        grid = args.out / f"seed{seed}-{arm}" / "samples" / f"samples_{iteration:07d}.png"
+        axis.imshow(matplotlib.image.imread(grid))
         axis.set_title(f"{arm}, seed {seed}, iteration {iteration}")
         axis.axis("off")
     figure.tight_layout()
@@ -328,7 +376,31 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.data_dir / split).is_dir():
             print(f"error: {args.data_dir / split} not found; pass --data-dir", file=sys.stderr)
             return 2
+    if args.eval_every < 1 or args.iterations < args.eval_every:
+        print(
+            f"error: --eval-every {args.eval_every} must be between 1 and --iterations "
+            f"{args.iterations}, because the study compares the arms at its evaluations",
+            file=sys.stderr,
+        )
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        check_settings(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return _run_study(args)
+    except StudyInterrupted:
+        print("Stopped; run the same command again to resume the study.", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run_study(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -343,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = collect(args)
     plot_curves(rows, args.out / "curves.png")
-    side_by_side_grids(args, args.out / "grids.png")
+    side_by_side_grids(args, args.out / "grids.png", max(row["iteration"] for row in rows))
     table = results_table(rows, evaluators)
     (args.out / "results.md").write_text(table)
     summary = {
