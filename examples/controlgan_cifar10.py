@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     guidance.add_argument("--evaluator-weights", type=Path, help="local evaluator weights file")
     guidance.add_argument(
-        "--evaluator-image-size", type=int, help="evaluator input size (default: backbone's)"
+        "--evaluator-image-size",
+        type=int,
+        help="evaluator input size (default: the preset's; with --evaluator-weights, the size "
+        "stored in the file or the backbone's)",
     )
     guidance.add_argument(
         "--no-pretrained-evaluator",
@@ -233,6 +236,9 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
     run["dataset"] = dataset
     run["resize"] = args.image_size is not None
     run["pretrained_evaluator"] = not args.no_pretrained_evaluator
+    if args.evaluator_weights is not None:
+        # A weights file carries the input size it was trained at; a preset's size would hide it.
+        run.pop("evaluator_image_size", None)
     for key in (
         "data_dir", "image_size", "limit_images", "num_workers", "device", "seed", "resume",
         "evaluator_weights", "evaluator_image_size", "eval_every", "eval_samples", "fid_stats",

@@ -16,4 +16,3 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     """Point the torch hub cache at a temporary folder so that no test fills the real one."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
     torch.manual_seed(0)
-

@@ -75,6 +75,25 @@ def test_sample_grid_has_one_column_per_class(image_folder, tmp_path):
     assert (width, height) == (3 * 33 + 1, 10 * 33 + 1)
 
 
+def test_weights_file_size_beats_the_preset_size(tmp_path):
+    parser = cli.build_parser()
+    base = ["--preset", "quick", "--out", str(tmp_path / "run")]
+
+    preset_config = cli.build_run_config(parser.parse_args(base))
+    file_config = cli.build_run_config(
+        parser.parse_args([*base, "--evaluator-weights", str(tmp_path / "guide.pth")])
+    )
+    flag_config = cli.build_run_config(
+        parser.parse_args(
+            [*base, "--evaluator-weights", "guide.pth", "--evaluator-image-size", "64"]
+        )
+    )
+
+    assert preset_config.evaluator_image_size == 96
+    assert file_config.evaluator_image_size is None
+    assert flag_config.evaluator_image_size == 64
+
+
 def test_resume_matches_uninterrupted_run(image_folder, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert _run(image_folder, straight, "--iterations", "8", "--checkpoint-every", "4") == 0
@@ -315,9 +334,9 @@ def test_judge_flags_evaluate_with_a_trained_judge_file(image_folder, tmp_path):
     metrics.compute_reference_statistics(image_folder, stats, feature_extractor=judge)
     out = tmp_path / "run"
 
+    judge_flags = ["--judge", "timm:mobilenetv2_050", "--judge-weights", str(judge_weights)]
     code = _run(image_folder, out, "--iterations", "2", "--eval-every", "2",
-                "--eval-samples", "20", "--fid-stats", str(stats),
-                "--judge", "timm:mobilenetv2_050", "--judge-weights", str(judge_weights))  # fmt: skip
+                "--eval-samples", "20", "--fid-stats", str(stats), *judge_flags)  # fmt: skip
 
     assert code == 0
     rows = _read_csv(out / "evaluation.csv")
