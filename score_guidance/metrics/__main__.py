@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._evaluators import PretrainedWeightsUnavailableError
 from ._compute import _load_reference, evaluate_batches, statistics_of_batches
 from ._generate import generate_images
 from ._inception import (
@@ -395,7 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = run_stats if args.command == "stats" else run_eval
     try:
         result = command(args)
-    except (CommandError, ValueError, TypeError, FileNotFoundError, ImportError) as error:
+    except (
+        CommandError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        ImportError,
+        PretrainedWeightsUnavailableError,
+    ) as error:
         logger.error("%s", error)
         logger.debug("Traceback of the error above", exc_info=True)
         return 1

@@ -115,8 +115,7 @@ def test_cli_stats_and_eval_with_a_judge(
     judge_flags = ["--judge", "timm:mobilenetv2_050", "--judge-weights", str(path)]
 
     status = cli.main(
-        ["stats", str(images), "--output", str(tmp_path / "ref.npz"), "--no-progress"]
-        + judge_flags
+        ["stats", str(images), "--output", str(tmp_path / "ref.npz"), "--no-progress"] + judge_flags
     )
     assert status == 0
     with np.load(tmp_path / "ref.npz") as reference:
@@ -150,3 +149,20 @@ def test_cli_rejects_judge_weights_without_a_judge(
 def test_a_plain_module_is_refused() -> None:
     with pytest.raises(TypeError, match="ModuleEvaluator"):
         EvaluatorFeatureExtractor(_tiny_classifier())  # type: ignore[arg-type]
+
+
+def test_cli_judge_without_weights_offline_fails_clearly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    images = tmp_path / "images.pt"
+    torch.save(smooth_images(4, size=32), images)
+
+    status = cli.main(
+        ["stats", str(images), "--output", str(tmp_path / "ref.npz"), "--judge", "timm:resnet10t"]
+    )
+
+    assert status == 1
+    assert "resnet10t" in caplog.text
+    assert "checkpoint_path" in caplog.text
+    assert not (tmp_path / "ref.npz").exists()
