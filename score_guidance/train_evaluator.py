@@ -26,14 +26,15 @@ import logging
 import math
 import os
 import pickle
+import re
+import secrets
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,11 +49,18 @@ from ._evaluators import (
     TimmEvaluator,
     TorchvisionEvaluator,
     _create_pretrained_torchvision,
+    _find_last_linear,
 )
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "EvaluatorTrainingConfig",
     "EvaluatorTrainingResult",
+    "OutputWriteError",
+    "TrainingDivergedError",
+    "UnsupportedPixelRangeError",
     "build_parser",
     "main",
     "train_evaluator",
@@ -63,9 +71,28 @@ _logger = logging.getLogger(__name__)
 _TRAINABLE_SOURCES = ("timm", "torchvision")
 # The file extensions that torchvision's ImageFolder accepts, compared in lower case.
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# PIL modes of one-channel images with more than 8 bits per pixel. PIL's convert("RGB") clips
+# their values to 255 instead of scaling them (seen with Pillow 13.0), so they are scaled here.
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Crop padding relative to the image side: 4 pixels at 32x32, the usual CIFAR augmentation.
 _CROP_PADDING_FRACTION = 4 / 32
 _RESUME_FORMAT_VERSION = 1
+# The entries that _Trainer.save_resume_checkpoint writes, besides "format_version".
+_RESUME_KEYS = (
+    "config",
+    "classes",
+    "train_images",
+    "train_fingerprint",
+    "epoch",
+    "step",
+    "epoch_sums",
+    "history",
+    "model",
+    "optimizer",
+    "rng",
+)
+# Example values of the output paths, for error messages.
+_EXAMPLE_PATHS = {"out": "runs/guide.pth", "resume_path": "runs/guide.pth.resume.pt"}
 # Settings that change the trained weights, so a resumed run must use the saved values.
 _RESUME_CONFIG_FIELDS = (
     "model",
@@ -92,6 +119,18 @@ _AUGMENT_STREAM = 6
 _GLOBAL_RNG_STREAM = 7
 
 
+class TrainingDivergedError(ValueError):
+    """The training loss or the weights became NaN or infinite, usually from too high an lr."""
+
+
+class UnsupportedPixelRangeError(ValueError):
+    """An image has floating-point or 32-bit integer pixels whose value range is unknown."""
+
+
+class OutputWriteError(OSError):
+    """The weights file or the resume checkpoint could not be written."""
+
+
 # Configuration and result
 
 
@@ -105,6 +144,8 @@ class EvaluatorTrainingConfig:
         data_dir: Training images in the torchvision ``ImageFolder`` layout: one subfolder per
             class, holding image files (searched recursively). Classes are the subfolder names
             in sorted order, as ``ImageFolder`` numbers them. A ``str`` is converted to ``Path``.
+            16-bit grayscale images are scaled to 8 bits. Floating-point images, and 32-bit
+            integer images with values outside 0 to 65535, are rejected.
         out: The weights file to write, for example ``runs/guide.pth``.
         model: Classifier to train, ``"timm:NAME"`` or ``"torchvision:NAME"``.
         val_dir: Held-out images in the same layout with the same class subfolders, such as a
@@ -177,6 +218,21 @@ class EvaluatorTrainingConfig:
                 if not isinstance(value, (str, os.PathLike)):
                     raise ValueError(f"{name} must be a path, got {type(value).__name__} {value!r}")
                 object.__setattr__(self, name, Path(value).expanduser())
+        for name in ("out", "resume_path"):
+            path = getattr(self, name)
+            # Path("") is Path("."), so an empty string also ends up here.
+            if path is not None and path.name in ("", ".."):
+                raise ValueError(
+                    f"{name} {str(path)!r} has no file name; pass a file path such as "
+                    f"{_EXAMPLE_PATHS[name]}, not an empty path or a folder"
+                )
+        if self.resume_path is not None and os.path.abspath(self.resume_path) == os.path.abspath(
+            self.out
+        ):
+            raise ValueError(
+                f"resume_path {str(self.resume_path)!r} is the out path; pass another file, or "
+                "omit it to use the out path with .resume.pt appended"
+            )
         _parse_model_spec(self.model)
 
         _check_int("image_size", self.image_size, 1, "pass the image side in pixels, e.g. 32")
@@ -397,17 +453,28 @@ def _split_held_out(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor,
 
 
 def _decode_image(path: str, image_size: int) -> np.ndarray:
-    """Decode one image file to uint8 (image_size, image_size, 3), resized with antialiasing."""
+    """Decode one image file to uint8 (image_size, image_size, 3), resized with antialiasing.
+
+    16-bit integer images are scaled to 8 bits. Raises ValueError, naming ``path``, for a
+    damaged file, a decompression bomb or pixel values of unknown range.
+    """
     import torchvision.transforms.functional as TF
     from PIL import Image
 
+    high_bit_depth: np.ndarray | None = None
     try:
         with Image.open(path) as image:
-            # NOTE: PIL clips 16-bit images to 8 bits in this conversion instead of scaling them.
-            rgb = image.convert("RGB")
-    # PIL raises UnidentifiedImageError (an OSError), OSError or ValueError for damaged files.
-    except (OSError, ValueError) as error:
+            mode = image.mode
+            if mode in _HIGH_BIT_DEPTH_MODES:
+                high_bit_depth = np.asarray(image)
+            else:
+                rgb = image.convert("RGB")
+    # PIL raises UnidentifiedImageError (an OSError), OSError or ValueError for damaged files,
+    # and DecompressionBombError for images of more than twice Image.MAX_IMAGE_PIXELS pixels.
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image {path!r} ({error}); remove or replace it") from error
+    if high_bit_depth is not None:
+        rgb = _scale_to_8_bits(high_bit_depth, mode, path)
     if rgb.size != (image_size, image_size):
         rgb = TF.resize(
             rgb,
@@ -418,9 +485,42 @@ def _decode_image(path: str, image_size: int) -> np.ndarray:
     return np.asarray(rgb)
 
 
+def _scale_to_8_bits(pixels: np.ndarray, mode: str, path: str) -> PILImage:
+    """Map a one-channel image of PIL mode "I;16*", "I" or "F" to an 8-bit RGB PIL image.
+
+    Values in [0, 65535] become round(value / 257), so that 65535 maps to 255.
+
+    NOTE: a mode "I" image that stores 8-bit values in 32 bits is also divided by 257 and
+    comes out nearly black, because the file does not say which range its values use.
+
+    Raises:
+        UnsupportedPixelRangeError: floating-point pixels, or 32-bit integers outside
+            [0, 65535], whose full range cannot be known from the file.
+    """
+    from PIL import Image
+
+    convert = "convert the images to 8-bit or 16-bit integer pixels, for example PNG"
+    if mode == "F":
+        raise UnsupportedPixelRangeError(
+            f"image {path!r} has 32-bit floating-point pixels (PIL mode 'F'), whose value "
+            f"range is unknown; {convert}"
+        )
+    low, high = int(pixels.min()), int(pixels.max())
+    if low < 0 or high > 65535:
+        raise UnsupportedPixelRangeError(
+            f"image {path!r} has 32-bit integer pixels (PIL mode {mode!r}) from {low} to "
+            f"{high}, outside the 16-bit range 0 to 65535, so their full range is unknown; "
+            f"{convert}"
+        )
+    # Dividing by 257, an odd number, never ends in exactly .5, so rounding has no ties.
+    gray = np.rint(pixels.astype(np.float64) / 257.0).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
 def _decode_images(listing: _FolderListing, image_size: int, role: str, progress: bool) -> Tensor:
     """Decode every listed image into one uint8 tensor (N, 3, image_size, image_size)."""
-    pixels = np.empty((len(listing.paths), image_size, image_size, 3), dtype=np.uint8)
+    # Filled in channel-first order, so that no second copy of all images is needed.
+    pixels = np.empty((len(listing.paths), 3, image_size, image_size), dtype=np.uint8)
     started = time.perf_counter()
     paths = tqdm(
         listing.paths,
@@ -430,7 +530,7 @@ def _decode_images(listing: _FolderListing, image_size: int, role: str, progress
         leave=False,
     )
     for index, path in enumerate(paths):
-        pixels[index] = _decode_image(path, image_size)
+        pixels[index] = _decode_image(path, image_size).transpose(2, 0, 1)
     _logger.info(
         "Loaded %d %s images of %d classes from %s at %dx%d pixels in %.1f s",
         len(listing.paths),
@@ -441,7 +541,7 @@ def _decode_images(listing: _FolderListing, image_size: int, role: str, progress
         image_size,
         time.perf_counter() - started,
     )
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(pixels)
 
 
 def _fingerprint(listing: _FolderListing) -> str:
@@ -480,15 +580,39 @@ def _build_network(
             image_size=config.image_size,
         )
     else:
-        evaluator = TorchvisionEvaluator(
-            name, pretrained=False, num_classes=num_classes, image_size=config.image_size
-        )
+        try:
+            evaluator = TorchvisionEvaluator(
+                name, pretrained=False, num_classes=num_classes, image_size=config.image_size
+            )
+        except ValueError as error:
+            _reject_model_without_linear_head(config.model, name, num_classes, error)
+            raise
         if config.pretrained:
             _load_pretrained_torchvision(evaluator.backbone, name)
     network = evaluator.backbone
     network.requires_grad_(True)
     network.train()
     return network, evaluator.mean, evaluator.std
+
+
+def _reject_model_without_linear_head(
+    spec: str, name: str, num_classes: int, error: ValueError
+) -> None:
+    """Raise ValueError, from ``error``, if the torchvision model has no ``nn.Linear`` layer.
+
+    The evaluators take their features from the input of the final ``nn.Linear``, so a model
+    whose classifier is a convolution (as in SqueezeNet) cannot serve as one.
+    """
+    import torchvision
+
+    # Built again only to inspect it, so it must not advance the seeded global RNG.
+    with torch.random.fork_rng(devices=[]):
+        network = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if _find_last_linear(network) is None:
+        raise ValueError(
+            f"model {spec!r} has no final nn.Linear layer, so it cannot serve as an "
+            "evaluator; choose another model, e.g. torchvision:mobilenet_v3_small"
+        ) from error
 
 
 def _load_pretrained_torchvision(network: nn.Module, model_name: str) -> None:
@@ -520,11 +644,12 @@ def _check_network_runs(network: nn.Module, config: EvaluatorTrainingConfig, cla
     """Raise ValueError when the network fails on, or returns no logits for, a small batch."""
     network.eval()
     device = next(network.parameters()).device
-    probe = torch.zeros(2, 3, config.image_size, config.image_size, device=device)
     try:
+        probe = torch.zeros(2, 3, config.image_size, config.image_size, device=device)
         with torch.no_grad():
             logits = network(probe)
     # Layers raise RuntimeError for too small inputs, and timm's ViTs assert their input size.
+    # The allocators raise RuntimeError (torch.OutOfMemoryError on CUDA) for too large ones.
     except (RuntimeError, AssertionError) as error:
         raise ValueError(
             f"model {config.model!r} cannot classify {config.image_size}x{config.image_size} "
@@ -596,22 +721,78 @@ def _stop_on_signals() -> Iterator[list[int]]:
 # Save files
 
 
-def _save_atomically(contents: dict[str, Any], path: Path) -> None:
+def _temporary_path(path: Path) -> Path:
+    """Return a new name for the temporary file of a save to ``path``: PATH.XXXXXXXX.tmp."""
+    return path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _is_temporary_file_of(name: str, path: Path) -> bool:
+    """Return True if the file name ``name`` has the form of a temporary file of ``path``.
+
+    It matches the names of :func:`_temporary_path` and those of ``tempfile.mkstemp`` that
+    earlier versions used: 8 characters of [a-z0-9_] between ``path.name + "."`` and ".tmp".
+    """
+    return re.fullmatch(re.escape(path.name) + r"\.[a-z0-9_]{8}\.tmp", name) is not None
+
+
+def _remove_interrupted_saves(path: Path) -> None:
+    """Delete the temporary files that a save to ``path`` left when its process was killed."""
+    if not path.parent.is_dir():
+        return
+    with os.scandir(path.parent) as entries:
+        leftovers = [
+            entry.path
+            for entry in entries
+            if _is_temporary_file_of(entry.name, path) and entry.is_file(follow_symlinks=False)
+        ]
+    for leftover in leftovers:
+        try:
+            os.unlink(leftover)
+        except OSError as error:
+            _logger.warning(
+                "Failed to remove %s, left behind by an interrupted save: %s", leftover, error
+            )
+            continue
+        _logger.info("Removed %s, left behind by an interrupted save of %s", leftover, path)
+
+
+def _save_atomically(contents: dict[str, Any], path: Path, option: str) -> None:
     """Write ``contents`` with ``torch.save`` to a temporary file next to ``path``, then rename.
 
-    An interrupted write therefore never leaves a truncated file at ``path``.
+    An interrupted write therefore never leaves a truncated file at ``path``. The file gets the
+    permissions of a file that ``open()`` creates: 0o666 minus the process umask.
+
+    Raises:
+        OutputWriteError: the folder cannot be created or the file cannot be written, naming
+            ``option``, the setting that chose ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    temporary: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+        while temporary is None:
+            candidate = _temporary_path(path)
+            try:
+                # The kernel applies the umask to the mode 0o666, as open() does.
+                handle = os.open(candidate, flags, 0o666)
+            except FileExistsError:
+                continue
+            temporary = candidate
         with os.fdopen(handle, "wb") as file:
             torch.save(contents, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+    except BaseException as error:
+        if temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise OutputWriteError(
+                f"cannot write {option} {str(path)!r} ({error}); check that its folder is "
+                "writable and the disk has space"
+            ) from error
         raise
 
 
@@ -641,6 +822,17 @@ def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
         raise InvalidCheckpointError(
             f"{str(path)!r} is not a train_evaluator resume checkpoint of format version "
             f"{_RESUME_FORMAT_VERSION}; delete it or pass another resume_path"
+        )
+    missing = [key for key in _RESUME_KEYS if key not in state]
+    if missing:
+        raise InvalidCheckpointError(
+            f"the resume checkpoint {str(path)!r} is missing the entries {missing}; delete it "
+            "to start a new run"
+        )
+    if not isinstance(state["config"], dict):
+        raise InvalidCheckpointError(
+            f"the resume checkpoint {str(path)!r} has a config of type "
+            f"{type(state['config']).__name__} instead of a dict; delete it to start a new run"
         )
     return state
 
@@ -851,9 +1043,11 @@ class _Trainer:
                     return True
 
         trained = time.perf_counter()
+        train_loss = self.loss_sum.item() / self.seen
+        self.check_finite(train_loss)
         record = {
             "epoch": self.epoch + 1,
-            "train_loss": self.loss_sum.item() / self.seen,
+            "train_loss": train_loss,
             "train_accuracy": self.correct.item() / self.seen,
             "held_out_accuracy": self.held_out_accuracy(),
         }
@@ -877,6 +1071,28 @@ class _Trainer:
             time.perf_counter() - trained,
         )
         return bool(signals) and self.epoch < self.config.epochs
+
+    def check_finite(self, train_loss: float) -> None:
+        """Raise TrainingDivergedError when the epoch's loss or any weight is NaN or infinite."""
+        if math.isfinite(train_loss):
+            tensors = [
+                tensor
+                for tensor in (*self.network.parameters(), *self.network.buffers())
+                if tensor.is_floating_point()
+            ]
+            non_finite = [tensor for tensor in tensors if not bool(torch.isfinite(tensor).all())]
+            if not non_finite:
+                return
+            problem = (
+                f"{len(non_finite)} of {len(tensors)} weight tensors contain NaN or infinite values"
+            )
+        else:
+            problem = f"the mean training loss is {train_loss}"
+        raise TrainingDivergedError(
+            f"training diverged in epoch {self.epoch + 1} of {self.config.epochs}: {problem}. "
+            f"Start a new run with an lr (--lr) lower than {self.config.lr:g}; no weights file "
+            "was written"
+        )
 
     @torch.no_grad()
     def held_out_accuracy(self) -> float | None:
@@ -921,7 +1137,7 @@ class _Trainer:
                 "global": _global_rng_state(self.device),
             },
         }
-        _save_atomically(state, path)
+        _save_atomically(state, path, "resume_path")
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
         """Restore a state that :meth:`save_resume_checkpoint` wrote and the caller checked."""
@@ -957,7 +1173,7 @@ class _Trainer:
         if accuracy is not None:
             weights["accuracy"] = accuracy
             weights["held_out_images"] = self.data.held_out_count
-        _save_atomically(weights, path)
+        _save_atomically(weights, path, "out")
         _logger.info("Wrote the evaluator weights %s", path)
         return accuracy
 
@@ -990,10 +1206,17 @@ def train_evaluator(
 
     Raises:
         FileNotFoundError, NotADirectoryError: a data folder is missing or is a file.
-        ValueError: a data folder has no images, one class, other classes than ``data_dir``, or
-            an unreadable image; the model fails at ``image_size``; the device is unavailable;
-            or the resume checkpoint comes from a run with other settings.
+        ValueError: A data folder has no images, one class, other classes than ``data_dir``,
+            or an unreadable image. The decoded images would not fit in the machine's memory.
+            ``out`` or the resume checkpoint is a folder, or its folder cannot be created or
+            written. The model has no final ``nn.Linear`` or fails at ``image_size``. The
+            device is unavailable. The resume checkpoint comes from a run with other settings.
+        UnsupportedPixelRangeError: an image has floating-point pixels, or 32-bit integers
+            outside [0, 65535].
+        TrainingDivergedError: an epoch ended with a NaN or infinite loss or weights. No
+            weights file is written, and the resume checkpoint keeps the previous epoch.
         InvalidCheckpointError: the resume checkpoint cannot be read.
+        OutputWriteError: writing the weights file or the resume checkpoint failed.
         PretrainedWeightsUnavailableError: ``config.pretrained`` and the weights cannot be
             fetched.
     """
@@ -1059,17 +1282,81 @@ def _select_data(config: EvaluatorTrainingConfig) -> tuple[_FolderListing, _Fold
     return train, held_out
 
 
+def _check_output_path(option: str, path: Path) -> None:
+    """Raise ValueError unless ``path`` can be written: not a folder, in a writable folder.
+
+    A folder that does not exist yet needs a writable nearest existing ancestor.
+    """
+    suggestion = f"pass a file path such as {_EXAMPLE_PATHS[option]}"
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; {suggestion}")
+    # The loop ends at "." or at the root folder, which exist.
+    ancestor = path.parent
+    while not ancestor.exists():
+        if ancestor.is_symlink():
+            raise ValueError(
+                f"{option} {str(path)!r} cannot be created because {str(ancestor)!r} is a "
+                f"broken symbolic link; {suggestion}"
+            )
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(
+            f"{option} {str(path)!r} cannot be created because {str(ancestor)!r} is a file, "
+            f"not a folder; {suggestion}"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{option} {str(path)!r} cannot be written because the folder {str(ancestor)!r} "
+            "is not writable; pass a path in a writable folder"
+        )
+
+
+def _physical_memory_bytes() -> int | None:
+    """Return the size of the machine's RAM, or None where ``os.sysconf`` is unavailable."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows has no os.sysconf.
+        return None
+
+
+def _check_memory(config: EvaluatorTrainingConfig, train_count: int, held_out_count: int) -> None:
+    """Raise ValueError when the decoded images and one float32 batch exceed the machine's RAM.
+
+    NOTE: GPU memory, activations and the memory of other processes are not counted, so a run
+    that passes this check can still run out of memory.
+    """
+    available = _physical_memory_bytes()
+    if available is None:
+        return
+    pixels_per_image = 3 * config.image_size**2
+    decoded = (train_count + held_out_count) * pixels_per_image
+    batch = max(2, min(config.batch_size, train_count)) * pixels_per_image * 4
+    if decoded + batch > available:
+        gib = 2**30
+        raise ValueError(
+            f"{train_count + held_out_count} images of {config.image_size}x{config.image_size} "
+            f"pixels need about {(decoded + batch) / gib:.1f} GiB of memory ({decoded / gib:.1f} "
+            f"GiB decoded as uint8, plus a float32 batch), more than the {available / gib:.1f} "
+            "GiB of this machine; pass a smaller image_size or limit_images"
+        )
+
+
+def _count(listing: _FolderListing | None) -> int:
+    return 0 if listing is None else len(listing.paths)
+
+
 def _train(
     config: EvaluatorTrainingConfig, device: torch.device, *, resume: bool, progress: bool
 ) -> EvaluatorTrainingResult:
     # Check everything that can fail before decoding the images
-    for option, path in (("out", config.out), ("resume_path", config.resume_checkpoint)):
-        if path.is_dir():
-            raise ValueError(
-                f"{option} {str(path)!r} is a folder; pass a file path such as runs/guide.pth"
-            )
+    outputs = (("out", config.out), ("resume_path", config.resume_checkpoint))
+    for option, path in outputs:
+        _check_output_path(option, path)
+    for _, path in outputs:
+        _remove_interrupted_saves(path)
     train_listing, held_out_listing = _select_data(config)
     classes = train_listing.classes
+    _check_memory(config, len(train_listing.paths), _count(held_out_listing))
     network, mean, std = _build_network(config, len(classes))
     network.to(device)
     _check_network_runs(network, config, len(classes))
@@ -1315,9 +1602,11 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         FileNotFoundError,
         NotADirectoryError,
+        OutputWriteError,
         PretrainedWeightsUnavailableError,
     ) as error:
-        # InvalidCheckpointError is a ValueError.
+        # InvalidCheckpointError, TrainingDivergedError and UnsupportedPixelRangeError are
+        # ValueErrors.
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

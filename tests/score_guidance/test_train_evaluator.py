@@ -8,6 +8,7 @@ has mean and std 0.5, unlike ImageNet) and torchvision's ``mobilenet_v3_small`` 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 from pathlib import Path
@@ -29,6 +30,8 @@ from score_guidance import (
 from score_guidance.train_evaluator import (
     EvaluatorTrainingConfig,
     EvaluatorTrainingResult,
+    TrainingDivergedError,
+    UnsupportedPixelRangeError,
     main,
     train_evaluator,
 )
@@ -86,6 +89,28 @@ def logits_by_hand(result: EvaluatorTrainingResult, images: torch.Tensor) -> tor
     std = torch.tensor(result.data_config["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         return result.model((images.float() / 255 - mean) / std)
+
+
+def make_gray_folder(root: Path, values: dict[str, int], mode: str, suffix: str) -> Path:
+    """Write two 4x4 one-channel images of PIL ``mode`` per class, all pixels of its value."""
+    dtypes = {"I;16": np.uint16, "I": np.int32, "F": np.float32}
+    for class_name, value in values.items():
+        class_dir = root / class_name
+        class_dir.mkdir(parents=True)
+        for index in range(2):
+            image = Image.fromarray(np.full((4, 4), value, dtype=dtypes[mode]))
+            assert image.mode == mode
+            image.save(class_dir / f"{index}{suffix}")
+    return root
+
+
+def forbid_data_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make listing the data folders fail, to show that a check ran before it."""
+
+    def select_data(config):
+        raise AssertionError("the data folders were read before the check")
+
+    monkeypatch.setattr(train_module, "_select_data", select_data)
 
 
 @pytest.fixture
@@ -209,6 +234,76 @@ def test_split_holds_out_fraction_of_each_class(tmp_path, data_dir):
     assert result.held_out_images == 9
 
 
+def test_saved_files_follow_umask(tmp_path, data_dir):
+    previous_umask = os.umask(0o027)
+    try:
+        config = make_config(tmp_path, data_dir, epochs=1)
+        train_evaluator(config)
+    finally:
+        os.umask(previous_umask)
+    assert config.out.stat().st_mode & 0o777 == 0o640
+    assert config.resume_checkpoint.stat().st_mode & 0o777 == 0o640
+
+
+def test_leftover_temporary_files_removed(tmp_path, data_dir, caplog):
+    config = make_config(tmp_path, data_dir, epochs=1)
+    folder = config.out.parent
+    folder.mkdir(parents=True)
+    leftovers = [folder / "guide.pth.ab12cd34.tmp", folder / "guide.pth.resume.pt.x_9y8z7w.tmp"]
+    unrelated = [
+        folder / "other.pth.ab12cd34.tmp",  # the temporary file of another target
+        folder / "guide.pth.notes.tmp",  # not 8 characters between the dots
+        folder / "guide.pth.ab12cd34.tmp.bak",
+    ]
+    for path in [*leftovers, *unrelated]:
+        path.write_bytes(b"partial")
+
+    with caplog.at_level(logging.INFO, logger=train_module.__name__):
+        train_evaluator(config)
+
+    for path in leftovers:
+        assert not path.exists(), path
+        assert f"Removed {path}" in caplog.text
+    for path in unrelated:
+        assert path.exists(), path
+    assert sorted(path.name for path in folder.glob("*.tmp")) == sorted(
+        path.name for path in unrelated if path.suffix == ".tmp"
+    )
+
+
+# Diverged training
+
+
+def test_diverged_training_raises_without_weights(tmp_path, data_dir):
+    config = make_config(tmp_path, data_dir, lr=1e30)
+    with pytest.raises(TrainingDivergedError, match="diverged in epoch 1 of 2") as caught:
+        train_evaluator(config)
+    assert "the mean training loss is nan" in str(caught.value)
+    assert "lr (--lr) lower than 1e+30" in str(caught.value)
+    assert not config.out.exists()
+
+
+def test_non_finite_weights_raise(tmp_path, data_dir, monkeypatch):
+    # 36 training images in batches of 8 give 4 steps, and the loss of the 4th step is
+    # computed before the weights are broken, so only the weights check can notice.
+    original_step = train_module._Trainer.train_step
+
+    def step_then_break_weights(trainer):
+        loss = original_step(trainer)
+        if trainer.step == trainer.steps_per_epoch:
+            with torch.no_grad():
+                next(trainer.network.parameters()).fill_(float("inf"))
+        return loss
+
+    monkeypatch.setattr(train_module._Trainer, "train_step", step_then_break_weights)
+    config = make_config(tmp_path, data_dir, epochs=1)
+    with pytest.raises(
+        TrainingDivergedError, match=r"1 of \d+ weight tensors contain NaN or infinite"
+    ):
+        train_evaluator(config)
+    assert not config.out.exists()
+
+
 # Resume
 
 
@@ -316,6 +411,18 @@ def test_damaged_resume_checkpoint_raises(tmp_path, data_dir):
         train_evaluator(config, resume=True)
 
 
+def test_resume_checkpoint_missing_keys_raises(tmp_path, data_dir):
+    config = make_config(tmp_path, data_dir)
+    config.resume_checkpoint.parent.mkdir(parents=True)
+    torch.save({"format_version": 1}, config.resume_checkpoint)
+    with pytest.raises(
+        InvalidCheckpointError, match=r"is missing the entries \['config', "
+    ) as caught:
+        train_evaluator(config, resume=True)
+    assert str(config.resume_checkpoint) in str(caught.value)
+    assert "delete it" in str(caught.value)
+
+
 # Network construction
 
 
@@ -347,6 +454,13 @@ def test_pretrained_torchvision_keeps_all_but_head(tmp_path, data_dir, monkeypat
             assert value.shape[0] == 3, key
         else:
             assert torch.equal(value, pretrained_state[key]), key
+
+
+def test_model_without_linear_head_raises(tmp_path, data_dir):
+    # SqueezeNet classifies with a 1x1 convolution.
+    config = make_config(tmp_path, data_dir, model="torchvision:squeezenet1_0")
+    with pytest.raises(ValueError, match="'torchvision:squeezenet1_0' has no final nn.Linear"):
+        train_evaluator(config)
 
 
 def test_image_size_unusable_by_model_raises(tmp_path, data_dir):
@@ -427,11 +541,122 @@ def test_out_folder_raises(tmp_path, data_dir):
         train_evaluator(config)
 
 
+@pytest.mark.parametrize(
+    ("option", "name", "match"),
+    [
+        ("out", "a_file/guide.pth", r"out '.*a_file/guide.pth' .* '.*a_file' is a file"),
+        ("out", "a_file/new/guide.pth", r"out .* because '.*a_file' is a file, not a folder"),
+        ("resume_path", "a_file/guide.pth.resume.pt", "resume_path .* '.*a_file' is a file"),
+    ],
+)
+def test_output_under_file_raises_before_loading(
+    tmp_path, data_dir, monkeypatch, option, name, match
+):
+    (tmp_path / "a_file").write_text("a regular file")
+    config = make_config(tmp_path, data_dir, **{option: tmp_path / name})
+    forbid_data_loading(monkeypatch)
+    with pytest.raises(ValueError, match=match):
+        train_evaluator(config)
+
+
+@pytest.mark.parametrize("option", ["out", "resume_path"])
+def test_output_in_read_only_folder_raises(tmp_path, data_dir, monkeypatch, option):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    # For root, os.access reports every folder as writable, so it is patched for this one.
+    real_access = os.access
+
+    def access(path, mode, **kwargs):
+        if Path(path) == read_only and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    config = make_config(tmp_path, data_dir, **{option: read_only / "sub" / "file.pth"})
+    forbid_data_loading(monkeypatch)
+    try:
+        with pytest.raises(ValueError, match=f"{option} .* '.*read_only' is not writable"):
+            train_evaluator(config)
+    finally:
+        read_only.chmod(0o755)
+
+
+@pytest.mark.parametrize("option", ["out", "resume_path"])
+def test_empty_output_name_raises(tmp_path, data_dir, option):
+    with pytest.raises(ValueError, match=f"^{option} '.' has no file name"):
+        make_config(tmp_path, data_dir, **{option: ""})
+
+
+def test_resume_path_equal_to_out_raises(tmp_path, data_dir):
+    out = tmp_path / "guide.pth"
+    with pytest.raises(ValueError, match="resume_path .* is the out path"):
+        make_config(tmp_path, data_dir, out=out, resume_path=out)
+
+
+def test_decoded_images_larger_than_memory_raise(tmp_path, data_dir, monkeypatch):
+    real_sysconf = os.sysconf
+
+    def sysconf(name):
+        # A machine of 4 pages of 4096 bytes, less than 48 images of 3x16x16 bytes.
+        return {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 4}.get(name) or real_sysconf(name)
+
+    def decode_images(*args):
+        raise AssertionError("the images were decoded before the check")
+
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    monkeypatch.setattr(train_module, "_decode_images", decode_images)
+    with pytest.raises(ValueError, match=r"48 images of 16x16 pixels need about") as caught:
+        train_evaluator(make_config(tmp_path, data_dir))
+    assert "more than the 0.0 GiB of this machine" in str(caught.value)
+    assert "smaller image_size or limit_images" in str(caught.value)
+
+
 def test_damaged_image_raises_with_path(tmp_path, data_dir):
     damaged = data_dir / "class_1" / "broken.png"
     damaged.write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot decode image .*broken.png"):
         train_evaluator(make_config(tmp_path, data_dir, val_fraction=0.0))
+
+
+def test_decompression_bomb_raises_with_path(tmp_path, data_dir, monkeypatch):
+    # PIL raises DecompressionBombError above twice MAX_IMAGE_PIXELS, here 16x16 > 2 * 100.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match=r"cannot decode image .*000.png' \(Image size"):
+        train_evaluator(make_config(tmp_path, data_dir, val_fraction=0.0))
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"), [("I;16", ".png"), ("I", ".tif")], ids=["16-bit-png", "int32-tiff"]
+)
+def test_high_bit_depth_images_scaled_to_8_bits(tmp_path, mode, suffix):
+    folder = make_gray_folder(tmp_path / "gray", {"dark": 4000, "bright": 60000}, mode, suffix)
+    listing = train_module._list_image_folder(folder, "data_dir")
+    images = train_module._decode_images(listing, 4, "training", progress=False)
+
+    assert listing.classes == ["bright", "dark"]
+    assert images.dtype == torch.uint8
+    assert images.shape == (4, 3, 4, 4)
+    assert torch.all(images[:2] == 233)  # round(60000 / 257)
+    assert torch.all(images[2:] == 16)  # round(4000 / 257)
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "match"),
+    [
+        ("F", 0.5, "floating-point pixels"),
+        ("I", 100000, "from 100000 to 100000, outside the 16-bit range"),
+        ("I", -1, "from -1 to -1, outside the 16-bit range"),
+    ],
+    ids=["float", "above-16-bit", "negative"],
+)
+def test_unknown_pixel_range_raises(tmp_path, mode, value, match):
+    folder = make_gray_folder(tmp_path / "gray", {"a": value, "b": value}, mode, ".tif")
+    config = make_config(tmp_path, folder, val_fraction=0.0)
+    with pytest.raises(UnsupportedPixelRangeError, match=match) as caught:
+        train_evaluator(config)
+    assert "a/0.tif" in str(caught.value)
+    assert "convert the images to 8-bit or 16-bit" in str(caught.value)
 
 
 # Command line
@@ -475,6 +700,40 @@ def test_cli_missing_folder_returns_2(tmp_path, capsys):
 def test_cli_invalid_value_returns_2(tmp_path, data_dir, capsys):
     assert main([*cli_arguments(tmp_path, data_dir), "--epochs", "0"]) == 2
     assert "epochs must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_cli_diverged_training_returns_2(tmp_path, data_dir, capsys):
+    assert main([*cli_arguments(tmp_path, data_dir), "--lr", "1e30"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: training diverged in epoch 1 of 2")
+    assert "Traceback" not in error
+    assert not (tmp_path / "cli" / "guide.pth").exists()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--resume-path"])
+def test_cli_output_under_file_returns_2(tmp_path, data_dir, capsys, flag):
+    (tmp_path / "a_file").write_text("a regular file")
+    arguments = [*cli_arguments(tmp_path, data_dir), flag, str(tmp_path / "a_file" / "x.pth")]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "a_file' is a file, not a folder" in error
+    assert not (tmp_path / "cli" / "guide.pth").exists()
+
+
+def test_cli_failed_weights_write_returns_2(tmp_path, data_dir, monkeypatch, capsys):
+    real_save = torch.save
+
+    def save(contents, file, *args, **kwargs):
+        if "state_dict" in contents:  # the weights file, not the resume checkpoint
+            raise OSError(28, "No space left on device")
+        real_save(contents, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert main(cli_arguments(tmp_path, data_dir)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: cannot write out '")
+    assert "No space left on device" in error
+    assert list((tmp_path / "cli").iterdir()) == [tmp_path / "cli" / "guide.pth.resume.pt"]
 
 
 def test_cli_interrupt_returns_130_then_resumes(tmp_path, data_dir, monkeypatch, capsys):
