@@ -16,6 +16,16 @@ __all__ = ["InvalidCheckpointError", "load_weights_file", "load_into_backbone"]
 
 _logger = logging.getLogger(__name__)
 
+# What torch.load raises on a damaged file, depending on where the bytes break.
+DAMAGED_FILE_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    OSError,
+    KeyError,
+    ValueError,
+    IndexError,
+)
 # Keys of a training checkpoint that may wrap the state dict itself.
 _STATE_DICT_KEYS = ("state_dict", "model")
 _MAX_KEYS_IN_MESSAGE = 8
@@ -68,16 +78,7 @@ def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     else:
         try:
             contents = torch.load(path, map_location="cpu", weights_only=True)
-        # A damaged file surfaces as any of these, depending on where the bytes break.
-        except (
-            pickle.UnpicklingError,
-            RuntimeError,
-            EOFError,
-            OSError,
-            KeyError,
-            ValueError,
-            IndexError,
-        ) as error:
+        except DAMAGED_FILE_ERRORS as error:
             raise InvalidCheckpointError(
                 f"cannot read {str(path)!r} as a weights-only torch file ({error}); save the "
                 "weights with torch.save(model.state_dict(), path)"

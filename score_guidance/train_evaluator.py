@@ -25,7 +25,6 @@ import hashlib
 import logging
 import math
 import os
-import pickle
 import re
 import secrets
 import signal
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._checkpoint import InvalidCheckpointError
+from ._checkpoint import DAMAGED_FILE_ERRORS, InvalidCheckpointError
 from ._evaluators import (
     DEFAULT_EVALUATOR,
     PretrainedWeightsUnavailableError,
@@ -804,16 +803,7 @@ def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    # A damaged file surfaces as any of these, depending on where the bytes break.
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        OSError,
-        KeyError,
-        ValueError,
-        IndexError,
-    ) as error:
+    except DAMAGED_FILE_ERRORS as error:
         raise InvalidCheckpointError(
             f"cannot read the resume checkpoint {str(path)!r} ({error}); delete it to start "
             "a new run"
