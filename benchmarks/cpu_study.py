@@ -12,7 +12,8 @@ another judges.
    ``--eval-every`` iterations each run measures, with the judge only, the score and the
    Fréchet distance of its samples against the test statistics.
 4. Collect ``study.csv``, ``curves.png`` (both arms, mean and range over seeds), ``grids.png``
-   (the final sample grids side by side) and ``results.md`` (the table for docs/cpu-study.md).
+   (the final sample grids of the first seed, ControlGAN left and ScoreGAN right) and
+   ``results.md`` (the table for docs/cpu-study.md).
 
 Every step resumes: finished evaluators and statistics are reused, and interrupted GAN runs
 continue from their last checkpoint when the command is run again.
@@ -321,23 +322,26 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def side_by_side_grids(args: argparse.Namespace, path: Path, iteration: int) -> None:
-    """Put the sample grids of each arm (first seed) at ``iteration`` side by side."""
-    import matplotlib
+    """Join the first seed's grids at ``iteration``: ControlGAN left, ScoreGAN right.
 
-    matplotlib.use("Agg")
-    import matplotlib.image
-    import matplotlib.pyplot as plt
+    The grids are pasted unscaled with a white gap, so the file keeps the generated pixels.
+    """
+    from PIL import Image
 
-    seed = args.seeds[0]
-    figure, axes = plt.subplots(1, len(ARMS), figsize=(6 * len(ARMS), 6))
-    for axis, arm in zip(axes, ARMS, strict=True):
-        grid = args.out / f"seed{seed}-{arm}" / "samples" / f"samples_{iteration:07d}.png"
-        axis.imshow(matplotlib.image.imread(grid))
-        axis.set_title(f"{arm}, seed {seed}, iteration {iteration}")
-        axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    grids = [
+        Image.open(
+            args.out / f"seed{args.seeds[0]}-{arm}" / "samples" / f"samples_{iteration:07d}.png"
+        )
+        for arm in ARMS
+    ]
+    gap = 16
+    width = sum(grid.width for grid in grids) + gap * (len(grids) - 1)
+    joined = Image.new("RGB", (width, max(grid.height for grid in grids)), "white")
+    left = 0
+    for grid in grids:
+        joined.paste(grid.convert("RGB"), (left, 0))
+        left += grid.width + gap
+    joined.save(path)
 
 
 def results_table(rows: list[dict[str, Any]], evaluators: dict[str, dict[str, Any]]) -> str:
