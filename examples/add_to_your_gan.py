@@ -185,8 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--evaluator-image-size",
         type=int,
-        default=128,
-        help="evaluator input size in pixels (default 128, which keeps the example fast on a "
+        default=96,
+        help="evaluator input size in pixels (default 96, which keeps the example fast on a "
         "CPU; MobileNetV2's own size is 224)",
     )
     parser.add_argument(
