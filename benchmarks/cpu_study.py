@@ -1,7 +1,7 @@
 """Does score guidance help? ControlGAN against ScoreGAN on the CIFAR-10 JPEG copy, on a CPU.
 
-The study follows the paper's protocol at a scale a 2-core CPU can run: one network guides,
-another judges.
+The study follows the protocol of ScoreGAN (Lee and Seok, 2020) at a scale a 2-core CPU can
+run: one network guides, another judges.
 
 1. Train the guide (MobileNetV2) and the judge (a ResNet) on the ``train`` folder with
    ``python -m score_guidance.train_evaluator``; both report their accuracy on ``test``.

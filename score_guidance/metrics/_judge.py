@@ -1,8 +1,9 @@
 """Any ``Evaluator`` as the feature network of the Inception score and the Fréchet distance.
 
-The paper's protocol guides with one network and judges with another. With a judge trained on
-the user's own data (see ``python -m score_guidance.train_evaluator``), the score uses the
-judge's class probabilities and the distance uses its penultimate features.
+ScoreGAN (Lee and Seok, 2020) guides with MobileNetV2 and judges with Inception, a different
+network. With a judge trained on the user's own data (see ``python -m
+score_guidance.train_evaluator``), the score uses the judge's class probabilities and the
+distance uses its penultimate features.
 """
 
 from __future__ import annotations

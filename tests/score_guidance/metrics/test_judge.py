@@ -47,7 +47,7 @@ def test_features_and_probabilities_match_a_hand_computation() -> None:
     assert judge.num_classes == 3
 
 
-def test_judge_score_and_distance_of_a_set_against_itself() -> None:
+def test_judge_distance_to_itself_is_zero() -> None:
     judge = EvaluatorFeatureExtractor(
         ModuleEvaluator(_tiny_classifier(), mean=(0.5,) * 3, std=(0.5,) * 3, image_size=4)
     )
@@ -86,7 +86,7 @@ def timm_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Mod
     return path, model
 
 
-def test_load_judge_reads_a_local_file_and_its_preprocessing(
+def test_load_judge_local_file(
     timm_weights: tuple[Path, nn.Module],
 ) -> None:
     path, model = timm_weights
@@ -146,7 +146,7 @@ def test_cli_rejects_judge_weights_without_a_judge(
     assert "--judge-weights needs --judge SPEC" in caplog.text
 
 
-def test_a_plain_module_is_refused() -> None:
+def test_plain_module_rejected() -> None:
     with pytest.raises(TypeError, match="ModuleEvaluator"):
         EvaluatorFeatureExtractor(_tiny_classifier())  # type: ignore[arg-type]
 
