@@ -12,7 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["InvalidCheckpointError", "load_weights_file", "load_into_backbone"]
+__all__ = [
+    "InvalidCheckpointError",
+    "check_recorded_spec",
+    "load_weights_file",
+    "load_into_backbone",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     ``torch.save`` files are read with ``weights_only=True``. A file may hold a bare state dict or
     a dict with the state dict under ``"state_dict"`` (or ``"model"``) and optional metadata under
     ``"data_config"`` (keys ``mean``, ``std``, ``input_size``, ``interpolation``, ``num_classes``).
+    A string under ``"evaluator"`` (the model spec that wrote the file) is returned in the
+    metadata under the same key.
     A ``module.`` prefix on every key, as DistributedDataParallel writes it, is removed.
 
     Returns:
@@ -89,6 +96,8 @@ def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         for key in _STATE_DICT_KEYS:
             if isinstance(contents.get(key), Mapping):
                 metadata = dict(contents.get("data_config") or {})
+                if isinstance(contents.get("evaluator"), str):
+                    metadata["evaluator"] = contents["evaluator"]
                 contents = contents[key]
                 break
     if not isinstance(contents, Mapping) or not contents:
@@ -107,6 +116,22 @@ def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     if all(key.startswith("module.") for key in state_dict):
         state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     return state_dict, metadata
+
+
+def check_recorded_spec(
+    metadata: Mapping[str, Any], spec: str, source: str | os.PathLike[str]
+) -> None:
+    """Raise if the weights file records that it was trained as another model than ``spec``.
+
+    Raises:
+        InvalidCheckpointError: the file's ``evaluator`` entry names another model.
+    """
+    recorded = metadata.get("evaluator")
+    if recorded is not None and recorded != spec:
+        raise InvalidCheckpointError(
+            f"checkpoint {str(source)!r} holds the weights of {recorded!r}, not {spec!r}; build "
+            f"the evaluator as {recorded!r} (for example --evaluator {recorded})"
+        )
 
 
 def load_into_backbone(

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checkpoint import load_into_backbone, load_weights_file
+from ._checkpoint import check_recorded_spec, load_into_backbone, load_weights_file
 
 __all__ = [
     "Evaluator",
@@ -391,6 +391,7 @@ class TimmEvaluator(Evaluator):
         metadata: dict[str, Any] = {}
         if checkpoint_path is not None:
             state_dict, metadata = load_weights_file(checkpoint_path)
+            check_recorded_spec(metadata, f"timm:{model_name}", checkpoint_path)
             pretrained = False
         create_kwargs: dict[str, Any] = {}
         if num_classes is None and "num_classes" in metadata:
@@ -485,6 +486,7 @@ class TorchvisionEvaluator(ModuleEvaluator):
         metadata: dict[str, Any] = {}
         if checkpoint_path is not None:
             state_dict, metadata = load_weights_file(checkpoint_path)
+            check_recorded_spec(metadata, f"torchvision:{model_name}", checkpoint_path)
             download = None
         elif weights is None or not pretrained:
             download = None

@@ -349,3 +349,18 @@ def test_build_evaluator_dispatches_on_source():
 def test_build_evaluator_rejects_unknown_names(spec: str, match: str):
     with pytest.raises(ValueError, match=match):
         build_evaluator(spec, pretrained=False)
+
+
+def test_weights_file_of_another_model_rejected(tmp_path):
+    import timm
+
+    model = timm.create_model("mobilenetv2_050", pretrained=False, num_classes=4)
+    path = tmp_path / "guide.pth"
+    data_config = {"num_classes": 4}
+    contents = {"state_dict": model.state_dict(), "data_config": data_config}
+    torch.save({**contents, "evaluator": "timm:mobilenetv2_050"}, path)
+
+    evaluator = build_evaluator("timm:mobilenetv2_050", checkpoint_path=path, image_size=32)
+    assert evaluator.num_classes == 4
+    with pytest.raises(InvalidCheckpointError, match="holds the weights of 'timm:mobilenetv2_050'"):
+        build_evaluator("timm:mobilenetv2_035", checkpoint_path=path)
