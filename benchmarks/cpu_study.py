@@ -405,17 +405,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    # Wall times add up over reruns, so a resumed study reports the time of all its attempts.
+    summary_path = args.out / "study.json"
     timings: dict[str, float] = {}
+    if summary_path.is_file():
+        timings = dict(json.loads(summary_path.read_text()).get("seconds", {}))
+
+    def timed(step: str, start: float) -> None:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
 
     start = time.perf_counter()
     evaluators = train_evaluators(args)
-    timings["evaluators"] = time.perf_counter() - start
+    timed("evaluators", start)
     start = time.perf_counter()
     stats = judge_statistics(args)
-    timings["judge_statistics"] = time.perf_counter() - start
+    timed("judge_statistics", start)
     start = time.perf_counter()
     train_arms(args, stats)
-    timings["gan_runs"] = time.perf_counter() - start
+    timed("gan_runs", start)
 
     rows = collect(args)
     plot_curves(rows, args.out / "curves.png")
@@ -428,7 +435,7 @@ def _run_study(args: argparse.Namespace) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "settings": {key: str(value) for key, value in vars(args).items()},
     }
-    (args.out / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     if args.docs_dir is not None:
         args.docs_dir.mkdir(parents=True, exist_ok=True)
         for name in ("curves.png", "grids.png"):

@@ -21,7 +21,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# What torch.load raises on a damaged file, depending on where the bytes break.
+# Exceptions torch.load raises on a damaged file, depending on where the bytes break.
 DAMAGED_FILE_ERRORS = (
     pickle.UnpicklingError,
     RuntimeError,
@@ -129,8 +129,8 @@ def check_recorded_spec(
     recorded = metadata.get("evaluator")
     if recorded is not None and recorded != spec:
         raise InvalidCheckpointError(
-            f"checkpoint {str(source)!r} holds the weights of {recorded!r}, not {spec!r}; build "
-            f"the evaluator as {recorded!r} (for example --evaluator {recorded})"
+            f"checkpoint {str(source)!r} contains the weights of {recorded!r}, not {spec!r}. "
+            f"Build the evaluator as {recorded!r} (for example --evaluator {recorded})"
         )
 
 

@@ -362,5 +362,7 @@ def test_weights_file_of_another_model_rejected(tmp_path):
 
     evaluator = build_evaluator("timm:mobilenetv2_050", checkpoint_path=path, image_size=32)
     assert evaluator.num_classes == 4
-    with pytest.raises(InvalidCheckpointError, match="holds the weights of 'timm:mobilenetv2_050'"):
+    with pytest.raises(
+        InvalidCheckpointError, match="contains the weights of 'timm:mobilenetv2_050'"
+    ):
         build_evaluator("timm:mobilenetv2_035", checkpoint_path=path)
